@@ -1,0 +1,1 @@
+"""HTTP layer: routes parse requests and shape responses, nothing else."""

@@ -1,0 +1,233 @@
+"""Routes: health, model info, classify, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
+from app.errors import (
+    EmptyBody,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidMultipart,
+    MissingImages,
+    ModelNotFound,
+    ModelUnavailable,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    ServiceError,
+    TooManyFiles,
+    TruncatedImage,
+    Unauthorized,
+    UnexpectedField,
+    UnsupportedImageMode,
+    UnsupportedMediaType,
+    VersionNotFound,
+    error_response,
+    openapi_errors,
+)
+from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
+from app.uploads import read_images
+
+health = APIRouter(tags=["health"])
+models = APIRouter(tags=["models"])
+classify = APIRouter(tags=["classify"])
+operations = APIRouter(tags=["operations"])
+
+_AUTH = (Unauthorized,)
+_CLASSIFY_ERRORS = openapi_errors(
+    EmptyBody,
+    InvalidMultipart,
+    Unauthorized,
+    ModelNotFound,
+    VersionNotFound,
+    PayloadTooLarge,
+    ImageTooLarge,
+    TooManyFiles,
+    UnsupportedMediaType,
+    InvalidImage,
+    TruncatedImage,
+    UnsupportedImageMode,
+    MissingImages,
+    UnexpectedField,
+    NotReady,
+    ModelUnavailable,
+    Overloaded,
+)
+_CLASSIFY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Either multipart/form-data with one or more files in the field "
+        "`files` (or `file`), or the raw bytes of one image with an image Content-Type. "
+        "BMP, PNG, JPEG and TIFF are accepted.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                    "required": ["files"],
+                }
+            },
+            **{
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("image/bmp", "image/png", "image/jpeg", "image/tiff")
+            },
+        },
+    }
+}
+
+
+def _version(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise VersionNotFound(f"Versions are positive integers, got {value[:20]!r}.")
+    return int(value)
+
+
+# --- health ------------------------------------------------------------------------------
+@health.get("/health/live", response_model=Live, summary="Liveness: the process serves HTTP")
+async def live() -> Live:
+    return Live()
+
+
+@health.get(
+    "/health/ready",
+    response_model=Ready,
+    summary="Readiness: the default model is loaded, verified and warm",
+    responses=openapi_errors(NotReady),
+)
+async def ready(dataplane: DataPlaneDep) -> Ready:
+    loaded = dataplane.served_default()
+    return Ready(model=loaded.name, version=loaded.version)
+
+
+@health.get(
+    "/health",
+    response_model=HealthSummary,
+    summary="Health summary: readiness, why not, every model version's state",
+    responses=openapi_errors(*_AUTH),
+)
+async def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
+    summary = dataplane.health()
+    return JSONResponse(summary.model_dump(), status_code=200 if summary.ready else 503)
+
+
+# --- models ------------------------------------------------------------------------------
+@models.get(
+    "/model-info",
+    response_model=ModelInfo,
+    summary="The default model: card, metrics, hashes, load time, intended use",
+    responses=openapi_errors(Unauthorized, NotReady, ModelUnavailable),
+)
+async def default_model_info(dataplane: DataPlaneDep) -> ModelInfo:
+    return dataplane.model_info(None)
+
+
+@models.get(
+    "/v1/models",
+    response_model=ModelList,
+    summary="Every model and version in the store with its state",
+    responses=openapi_errors(*_AUTH),
+)
+async def list_models(dataplane: DataPlaneDep) -> ModelList:
+    return ModelList(
+        default_model=dataplane.state.default_model, models=dataplane.registry.describe()
+    )
+
+
+@models.get(
+    "/v1/models/{name}",
+    response_model=ModelInfo,
+    summary="One model (its served or newest version)",
+    responses=openapi_errors(Unauthorized, ModelNotFound, ModelUnavailable),
+)
+async def model_info(name: str, dataplane: DataPlaneDep) -> ModelInfo:
+    return dataplane.model_info(name)
+
+
+@models.get(
+    "/v1/models/{name}/versions/{version}",
+    response_model=ModelInfo,
+    summary="One model version",
+    responses=openapi_errors(Unauthorized, ModelNotFound, VersionNotFound, ModelUnavailable),
+)
+async def model_version_info(name: str, version: str, dataplane: DataPlaneDep) -> ModelInfo:
+    return dataplane.model_info(name, _version(version))
+
+
+# --- classify ----------------------------------------------------------------------------
+async def _classify(
+    request: Request,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: str,
+    name: str | None,
+    version: int | None,
+) -> ClassifyResponse:
+    model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
+    payloads = await read_images(request, settings.max_upload_bytes, settings.max_files)
+    request.state.n_images = len(payloads)
+    return await dataplane.classify(model, payloads, request_id)
+
+
+_CLASSIFY_DOC = dict(
+    response_model=ClassifyResponse, responses=_CLASSIFY_ERRORS, openapi_extra=_CLASSIFY_BODY
+)
+
+
+@classify.post("/v1/classify", summary="Classify images with the default model", **_CLASSIFY_DOC)  # type: ignore[arg-type]
+async def classify_default(
+    request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep
+) -> ClassifyResponse:
+    return await _classify(request, dataplane, settings, request_id, None, None)
+
+
+@classify.post("/v1/models/{name}/classify", summary="Classify with a named model", **_CLASSIFY_DOC)  # type: ignore[arg-type]
+async def classify_model(
+    name: str,
+    request: Request,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ClassifyResponse:
+    return await _classify(request, dataplane, settings, request_id, name, None)
+
+
+@classify.post(
+    "/v1/models/{name}/versions/{version}/classify",
+    summary="Classify with one model version",
+    **_CLASSIFY_DOC,  # type: ignore[arg-type]
+)
+async def classify_version(
+    name: str,
+    version: str,
+    request: Request,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ClassifyResponse:
+    return await _classify(request, dataplane, settings, request_id, name, _version(version))
+
+
+# --- operations --------------------------------------------------------------------------
+@operations.get(
+    "/metrics",
+    summary="Prometheus metrics (text format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **openapi_errors(*_AUTH)},
+)
+async def metrics(metrics: MetricsDep, dataplane: DataPlaneDep) -> Response:
+    metrics.queue_depth.set(dataplane.batcher.queue_depth())
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["ServiceError", "classify", "error_response", "health", "models", "operations"]

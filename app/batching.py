@@ -1,0 +1,168 @@
+"""Server-side dynamic batching: where batches form.
+
+One dedicated thread owns every inference call. Requests enqueue single images with a
+future and await it. The worker takes the oldest image and every queued image with the
+same model version and image shape (up to ``max_batch_size``), so a lone request runs
+at once, while requests that arrive while the model is busy are served together. If
+others were already waiting (the model is under load) and the batch is not full, the
+worker waits up to ``max_batch_wait`` for more to arrive.
+
+Per-row independence: every model row is computed from its own image only, and the
+equivalence of batched and single results is measured in tests/app/test_batching.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from app.errors import Overloaded
+from app.registry import LoadedVersion
+
+BatchObserver = Callable[[LoadedVersion, int, list[float], float], None]
+"""Called after each batch with (version, batch size, queue waits in s, inference seconds)."""
+
+
+@dataclass
+class _Item:
+    model: LoadedVersion
+    pixels: NDArray[np.uint8]
+    future: Future[NDArray[np.float32]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def key(self) -> tuple[str, int, tuple[int, ...]]:
+        return (self.model.name, self.model.version, self.pixels.shape)
+
+
+class Batcher:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_batch_wait_s: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_s
+        self.max_queue = max_queue
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            while self._queue:
+                self._queue.popleft().future.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    # --- submitting --------------------------------------------------------------------
+    def submit(
+        self, model: LoadedVersion, pixels: NDArray[np.uint8]
+    ) -> Future[NDArray[np.float32]]:
+        """Enqueue one image; the future resolves to its probability row."""
+        future: Future[NDArray[np.float32]] = Future()
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("The service is shutting down.")
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded()
+            self._queue.append(_Item(model, pixels, future))
+            self._cond.notify()
+        return future
+
+    async def predict(
+        self, model: LoadedVersion, images: list[NDArray[np.uint8]]
+    ) -> list[NDArray[np.float32]]:
+        """Probabilities for each image (awaited without blocking the event loop)."""
+        futures = [self.submit(model, pixels) for pixels in images]
+        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+    # --- the worker --------------------------------------------------------------------
+    def _take_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            first = self._queue.popleft()
+            batch = [first]
+            others_waiting = bool(self._queue)
+            self._collect(first.key, batch)
+            if others_waiting and len(batch) < self.max_batch_size and self.max_batch_wait_s > 0:
+                deadline = time.perf_counter() + self.max_batch_wait_s
+                while len(batch) < self.max_batch_size and not self._stopping:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                    self._collect(first.key, batch)
+            return batch
+
+    def _collect(self, key: tuple[str, int, tuple[int, ...]], batch: list[_Item]) -> None:
+        """Move queued items with ``key`` into ``batch`` (caller holds the lock)."""
+        if not self._queue or len(batch) >= self.max_batch_size:
+            return
+        keep: deque[_Item] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if len(batch) < self.max_batch_size and item.key == key:
+                batch.append(item)
+            else:
+                keep.append(item)
+        self._queue = keep
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            batch = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            waits = [started - item.enqueued for item in batch]
+            model = batch[0].model
+            try:
+                pixels = (
+                    batch[0].pixels[None]
+                    if len(batch) == 1
+                    else np.stack([item.pixels for item in batch])
+                )
+                probabilities = model.runtime.predict(pixels)
+            except BaseException as exc:  # deliver every failure to the waiting requests
+                for item in batch:
+                    item.future.set_exception(exc)
+                continue
+            seconds = time.perf_counter() - started
+            for row, item in enumerate(batch):
+                item.future.set_result(probabilities[row])
+            if self._observer is not None:
+                self._observer(model, len(batch), waits, seconds)

@@ -1,0 +1,129 @@
+"""``create_app(settings)``: the only place the service is assembled (nothing at import time).
+
+uvicorn --factory app.main:create_app      or      python -m app
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api import routes
+from app.batching import Batcher
+from app.dataplane import DataPlane
+from app.errors import install_error_handlers
+from app.logging import configure_logging, get_logger
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.registry import ModelRegistry, warmup_runtime
+from app.runtime import configure_tensorflow
+from app.security import ApiKeyMiddleware
+from app.settings import Settings
+
+_log = get_logger("lifecycle")
+
+DESCRIPTION = """
+Classifies a microscope image of one segmented white blood cell (C-NMC 2019 style:
+450x450, single cell on a black background) as **ALL lymphoblast** (`all`) or
+**normal** (`hem`).
+
+Research / decision-support use only; not a diagnostic device. Every error response has
+the shape `{"error": {"code", "detail", "request_id"}}`. When API keys are configured,
+every endpoint except `/health/live` and `/health/ready` needs `X-API-Key: <key>` or
+`Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    registry = ModelRegistry(
+        settings.model_store, warmup=warmup_runtime(settings.warmup_batch_sizes)
+    )
+    batcher = Batcher(
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_s=settings.max_batch_wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        observer=metrics.observe_batch,
+    )
+    dataplane = DataPlane(settings, registry, batcher, metrics)
+    api_keys = settings.load_api_keys()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        batcher.start()
+        _log.info(
+            "starting", extra={"model_store": str(settings.model_store), "auth": bool(api_keys)}
+        )
+        async with anyio.create_task_group() as tasks:
+            # Load in the background: the process is live (and says why it is not ready)
+            # while the model is verified, loaded and warmed up.
+            tasks.start_soon(_load_default, dataplane)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                batcher.stop()
+                _log.info("stopped")
+
+    app = FastAPI(
+        title="C-NMC leukaemia cell classifier",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.dataplane = dataplane
+    install_error_handlers(app)
+    for router in (routes.health, routes.models, routes.classify, routes.operations):
+        app.include_router(router)
+    _document_security(app)
+
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost
+    return app
+
+
+async def _load_default(dataplane: DataPlane) -> None:
+    await anyio.to_thread.run_sync(dataplane.load_default, abandon_on_cancel=True)
+    state = dataplane.state
+    _log.info(
+        "ready" if state.ready else "not ready",
+        extra={"default_model": state.default_model, "reason": state.reason},
+    )
+
+
+def _document_security(app: FastAPI) -> None:
+    """Declare the API-key schemes in OpenAPI (enforcement is ApiKeyMiddleware)."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"},
+            }
+            schema["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}, {}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

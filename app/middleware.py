@@ -1,0 +1,87 @@
+"""Per-request context: request ID, access log line and HTTP metrics (one pure ASGI layer)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.context import reset_request_id, set_request_id
+from app.errors import ServiceError, error_response
+from app.logging import get_logger
+from app.metrics import Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_log = get_logger("access")
+
+
+def request_id_from(scope: Scope) -> tuple[str, bool]:
+    """The caller's X-Request-ID when well-formed, else a new UUID (and False)."""
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate, True
+            return uuid.uuid4().hex, False
+    return uuid.uuid4().hex, True
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id, caller_id_ok = request_id_from(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        token = set_request_id(request_id)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                state["response_started"] = True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Render unexpected failures here, inside the request context, so that even a
+            # 500 has the JSON error shape and the request ID.
+            _log.exception("unhandled error")
+            if state.get("response_started"):
+                raise
+            state["error_code"] = ServiceError.code
+            await error_response(ServiceError())(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(seconds)
+            outcome = state.get("error_code") or ("ok" if status < 400 else f"http_{status}")
+            _log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "outcome": outcome,
+                    "n_images": state.get("n_images"),
+                    "caller_request_id_valid": caller_id_ok,
+                },
+            )
+            reset_request_id(token)

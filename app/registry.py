@@ -1,0 +1,318 @@
+"""The model store: discovery, model cards, sha256 verification, loaded versions by name.
+
+Layout and rules are in model_store/README.md (as TensorFlow Serving: integer version
+folders, the highest served unless pinned, anything else ignored). A version that fails to
+load (missing card, hash mismatch, unreadable SavedModel) is recorded with its reason and
+never crashes the process; without a pin, the newest version that loads is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
+from app.runtime import ModelRuntime, SavedModelRuntime
+
+CARD_FILE = "model_card.json"
+
+
+class CardInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    signature: str = "serving_default"
+    input_name: str = "images"
+    dtype: Literal["uint8"] = "uint8"
+
+
+class CardOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    output_name: str = "probabilities"
+
+
+class ModelCard(BaseModel):
+    """The keys of model_card.json the service relies on; the rest is kept as-is."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: int
+    labels: list[str] = Field(min_length=2)
+    positive_label: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    input: CardInput
+    output: CardOutput
+    files: dict[str, str] = Field(min_length=1)
+    intended_use: str = ""
+
+
+@dataclass
+class LoadedVersion:
+    """One verified, loaded and warmed-up model version."""
+
+    name: str
+    version: int
+    path: Path
+    card: ModelCard
+    runtime: ModelRuntime
+    load_seconds: float
+    loaded_at: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.version)
+
+    @property
+    def positive_index(self) -> int:
+        return self.card.labels.index(self.card.positive_label)
+
+
+@dataclass
+class VersionStatus:
+    state: Literal["available", "loading", "ready", "failed"] = "available"
+    reason: str | None = None
+
+
+class VersionFailed(Exception):
+    """A version cannot be served; ``str(self)`` says why."""
+
+
+Loader = Callable[[Path, ModelCard], ModelRuntime]
+Warmup = Callable[[ModelRuntime], None]
+
+
+def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
+    return SavedModelRuntime.load(
+        path,
+        signature=card.input.signature,
+        input_name=card.input.input_name,
+        output_name=card.output.output_name,
+        n_labels=len(card.labels),
+    )
+
+
+def warmup_runtime(batch_sizes: Sequence[int]) -> Warmup:
+    """Run each batch size once at 450x450 (first calls allocate kernels and buffers)."""
+
+    def warm(runtime: ModelRuntime) -> None:
+        for size in batch_sizes:
+            runtime.predict(np.zeros((size, 450, 450, 3), dtype=np.uint8))
+
+    return warm
+
+
+def read_card(version_dir: Path) -> ModelCard:
+    try:
+        return ModelCard.model_validate_json((version_dir / CARD_FILE).read_bytes())
+    except FileNotFoundError as exc:
+        raise VersionFailed(f"{CARD_FILE} is missing") from exc
+    except ValidationError as exc:
+        raise VersionFailed(f"{CARD_FILE} is invalid: {exc.errors()[0]['msg']}") from exc
+
+
+def verify_files(version_dir: Path, card: ModelCard) -> None:
+    """Every SavedModel file must be listed in the card and match its sha256."""
+    root = version_dir.resolve()
+    for rel, expected in card.files.items():
+        path = (version_dir / rel).resolve()
+        if not path.is_relative_to(root):
+            raise VersionFailed(f"card lists a file outside the version folder: {rel}")
+        if not path.is_file():
+            raise VersionFailed(f"file listed in the card is missing: {rel}")
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != expected.lower():
+            raise VersionFailed(f"sha256 mismatch for {rel}")
+    required = [version_dir / "saved_model.pb", *(version_dir / "variables").glob("**/*")]
+    for path in required:
+        rel = path.relative_to(version_dir).as_posix()
+        if path.is_file() and rel not in card.files:
+            raise VersionFailed(f"SavedModel file not listed in the card: {rel}")
+
+
+def _check_card(card: ModelCard, name: str, version: int) -> None:
+    if card.name != name or card.version != version:
+        raise VersionFailed(f"card says {card.name}/{card.version}, folder is {name}/{version}")
+    if card.positive_label not in card.labels:
+        raise VersionFailed("positive_label is not one of the labels")
+
+
+@dataclass
+class ModelRegistry:
+    """Versions on disk, their state, and the loaded ones. Thread-safe; loading blocks."""
+
+    store: Path
+    loader: Loader = load_saved_model
+    warmup: Warmup = field(default_factory=lambda: warmup_runtime([1]))
+    _loaded: dict[tuple[str, int], LoadedVersion] = field(default_factory=dict)
+    _status: dict[tuple[str, int], VersionStatus] = field(default_factory=dict)
+    _chosen: dict[str, int] = field(default_factory=dict)  # model -> version served by default
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _load_locks: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)
+
+    # --- discovery ---------------------------------------------------------------------
+    def models(self) -> dict[str, list[int]]:
+        """Model name -> its integer versions, ascending. Other folders are ignored."""
+        found: dict[str, list[int]] = {}
+        if not self.store.is_dir():
+            return found
+        for model_dir in sorted(self.store.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            versions = sorted(
+                int(child.name)
+                for child in model_dir.iterdir()
+                if child.is_dir() and child.name.isdigit() and int(child.name) >= 1
+            )
+            if versions:
+                found[model_dir.name] = versions
+        return found
+
+    def default_model_name(self, configured: str | None) -> str:
+        if configured:
+            return configured
+        default_file = self.store / "DEFAULT"
+        if default_file.is_file():
+            name = default_file.read_text(encoding="utf-8").strip()
+            if name:
+                return name
+        models = self.models()
+        if len(models) == 1:
+            return next(iter(models))
+        raise ModelNotFound(
+            f"No default model: set LEUK_DEFAULT_MODEL or write {default_file} "
+            f"(store has {len(models)} models)."
+        )
+
+    # --- loading -----------------------------------------------------------------------
+    def load(self, name: str, version: int) -> LoadedVersion:
+        """Verify, load and warm up one version (once); raises VersionFailed with the reason."""
+        key = (name, version)
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+                status = self._status.get(key)
+                if status is not None and status.state == "failed":
+                    raise VersionFailed(status.reason or "failed")
+                self._status[key] = VersionStatus("loading")
+            try:
+                loaded = self._load_uncached(name, version)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, VersionFailed) else f"load failed: {exc!r}"
+                with self._lock:
+                    self._status[key] = VersionStatus("failed", reason[:500])
+                raise VersionFailed(reason) from exc
+            with self._lock:
+                self._loaded[key] = loaded
+                self._status[key] = VersionStatus("ready")
+            return loaded
+
+    def _load_uncached(self, name: str, version: int) -> LoadedVersion:
+        path = self.store / name / str(version)
+        start = time.perf_counter()
+        card = read_card(path)
+        _check_card(card, name, version)
+        verify_files(path, card)
+        runtime = self.loader(path, card)
+        self.warmup(runtime)
+        return LoadedVersion(
+            name=name,
+            version=version,
+            path=path,
+            card=card,
+            runtime=runtime,
+            load_seconds=time.perf_counter() - start,
+            loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    def select(self, name: str, pinned: int | None = None) -> LoadedVersion:
+        """The version of ``name`` to serve by default: the pin, or the newest that loads."""
+        with self._lock:
+            chosen = self._chosen.get(name)
+            if chosen is not None and (name, chosen) in self._loaded:
+                return self._loaded[(name, chosen)]
+        versions = self.models().get(name)
+        if not versions:
+            raise ModelNotFound(f"Model {name!r} is not in the store.")
+        if pinned is not None:
+            if pinned not in versions:
+                raise VersionNotFound(f"Pinned version {pinned} of {name!r} is not in the store.")
+            candidates = [pinned]
+        else:
+            candidates = sorted(versions, reverse=True)
+        reasons = []
+        for version in candidates:
+            try:
+                loaded = self.load(name, version)
+            except VersionFailed as exc:
+                reasons.append(f"version {version}: {exc}")
+                continue
+            with self._lock:
+                self._chosen[name] = version
+            return loaded
+        raise ModelUnavailable(f"No loadable version of {name!r}: " + "; ".join(reasons))
+
+    def get(self, name: str, version: int | None) -> LoadedVersion:
+        """What a request for ``name`` (and optionally ``version``) is served by."""
+        if version is None:
+            return self.select(name)
+        with self._lock:
+            loaded = self._loaded.get((name, version))
+        if loaded is not None:
+            return loaded
+        versions = self.models().get(name)
+        if not versions:
+            raise ModelNotFound(f"Model {name!r} is not in the store.")
+        if version not in versions:
+            raise VersionNotFound(f"Model {name!r} has no version {version}.")
+        try:
+            return self.load(name, version)
+        except VersionFailed as exc:
+            raise ModelUnavailable(f"{name} version {version} cannot be served: {exc}") from exc
+
+    def get_loaded(self, name: str, version: int | None) -> LoadedVersion | None:
+        """Non-blocking lookup of an already loaded version (the request fast path)."""
+        with self._lock:
+            if version is None:
+                version = self._chosen.get(name)
+                if version is None:
+                    return None
+            return self._loaded.get((name, version))
+
+    # --- reporting ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Every model and version on disk with its state (and why, when failed)."""
+        with self._lock:
+            status = dict(self._status)
+            chosen = dict(self._chosen)
+        out: dict[str, Any] = {}
+        for name, versions in self.models().items():
+            out[name] = {
+                "default_version": chosen.get(name),
+                "versions": {
+                    str(v): {
+                        "state": status.get((name, v), VersionStatus()).state,
+                        "reason": status.get((name, v), VersionStatus()).reason,
+                    }
+                    for v in versions
+                },
+            }
+        return out
+
+    def loaded_versions(self) -> list[LoadedVersion]:
+        with self._lock:
+            return list(self._loaded.values())

@@ -1,0 +1,72 @@
+"""A loaded SavedModel behind a small load/predict interface.
+
+The concrete ``serving_default`` function is called directly (never ``model.predict``): its
+input signature has a ``None`` batch and image size, so no call ever retraces. Only the
+batcher's worker thread calls :meth:`ModelRuntime.predict`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class ModelRuntime(Protocol):
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        """uint8 [N, H, W, 3] RGB -> float32 [N, n_labels] probabilities."""
+        ...
+
+
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
+    """Thread pools must be set before TensorFlow's runtime starts; later calls are ignored."""
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+        pass  # runtime already initialised (e.g. a second app in the same process)
+
+
+class SavedModelRuntime:
+    """``serving_default`` of one SavedModel version."""
+
+    def __init__(self, function: Any, input_name: str, output_name: str, n_labels: int) -> None:
+        self._function = function
+        self._input_name = input_name
+        self._output_name = output_name
+        self._n_labels = n_labels
+
+    @classmethod
+    def load(
+        cls, path: Path, signature: str, input_name: str, output_name: str, n_labels: int
+    ) -> SavedModelRuntime:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(path))
+        if signature not in loaded.signatures:
+            raise ValueError(f"SavedModel has no signature {signature!r}")
+        function = loaded.signatures[signature]
+        inputs = function.structured_input_signature[1]
+        if input_name not in inputs or inputs[input_name].dtype != tf.uint8:
+            raise ValueError(f"signature {signature!r} has no uint8 input {input_name!r}")
+        if output_name not in function.structured_outputs:
+            raise ValueError(f"signature {signature!r} has no output {output_name!r}")
+        runtime = cls(function, input_name, output_name, n_labels)
+        # Keep the loaded object alive: the concrete function only weakly references variables.
+        runtime._loaded = loaded  # type: ignore[attr-defined]
+        return runtime
+
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        import tensorflow as tf
+
+        outputs = self._function(**{self._input_name: tf.constant(images)})
+        probabilities = np.asarray(outputs[self._output_name].numpy(), dtype=np.float32)
+        if probabilities.shape != (images.shape[0], self._n_labels):
+            raise ValueError(f"model returned shape {probabilities.shape}")
+        return probabilities

@@ -1,0 +1,102 @@
+"""Response bodies (the stable JSON contract, documented in OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class InputCheckOut(BaseModel):
+    out_of_distribution: bool = Field(
+        description="True: the image does not look like a C-NMC segmented single cell on a "
+        "black background; its prediction is outside what the model was validated on."
+    )
+    reasons: list[str] = Field(description="Why it was flagged (empty when not flagged).")
+    border_dark_fraction: float = Field(description="Share of near-black pixels in the border.")
+    foreground_fraction: float = Field(description="Share of non-black pixels in the image.")
+
+
+class ImageResult(BaseModel):
+    index: int = Field(description="Position of the image in the request (0-based).")
+    label: str = Field(
+        description="Predicted label: the positive label when its probability >= threshold."
+    )
+    label_description: str
+    probabilities: dict[str, float] = Field(description="Probability of each label.")
+    blast_probability: float = Field(description="Probability of the positive label ('all').")
+    threshold: float
+    model: str
+    version: int
+    out_of_distribution: bool
+    input_check: InputCheckOut
+    warnings: list[str]
+
+
+class Summary(BaseModel):
+    n_images: int
+    counts: dict[str, int] = Field(description="Images per predicted label (all images).")
+    blast_fraction: float = Field(description="Share of images predicted as the positive label.")
+    n_out_of_distribution: int
+    blast_fraction_in_distribution: float | None = Field(
+        description="Blast share among images not flagged out of distribution (None: none)."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    model: str
+    version: int
+    results: list[ImageResult]
+    summary: Summary | None = Field(None, description="Present when more than one image was sent.")
+
+
+class Live(BaseModel):
+    status: Literal["live"] = "live"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: str
+    version: int
+
+
+class HealthSummary(BaseModel):
+    status: Literal["ready", "not_ready"]
+    ready: bool
+    reason: str | None
+    default_model: str | None
+    default_version: int | None
+    uptime_seconds: float
+    queue_depth: int
+    models: dict[str, Any]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    versions: dict[str, Any] = Field(description="Every version on disk with its state.")
+    served_version: int | None = Field(description="Version served when none is requested.")
+    state: str
+    labels: list[str]
+    label_descriptions: dict[str, str]
+    positive_label: str
+    threshold: float
+    input: dict[str, Any]
+    output: dict[str, Any]
+    metrics: dict[str, Any]
+    data: dict[str, Any]
+    training: dict[str, Any]
+    framework: dict[str, Any]
+    files: dict[str, str]
+    intended_use: str
+    description: str
+    architecture: str | None
+    created_at: str | None
+    load_seconds: float | None
+    loaded_at: str | None
+    input_checks: str
+
+
+class ModelList(BaseModel):
+    default_model: str | None
+    models: dict[str, Any]

@@ -1,0 +1,112 @@
+"""All service settings: one pydantic-settings class, env prefix ``LEUK_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every field can be set by the environment variable ``LEUK_<FIELD_NAME>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEUK_", extra="ignore", frozen=True)
+
+    # --- model store -------------------------------------------------------------------------
+    model_store: Path = Field(
+        default=Path("model_store"),
+        description="Folder holding <model>/<version>/ SavedModels with model_card.json.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="Model served by /v1/classify. Unset: the name in <model_store>/DEFAULT, "
+        "or the only model in the store.",
+    )
+    model_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pin the default model to this version. Unset: the newest version that "
+        "loads and verifies (a broken newer version is reported and skipped).",
+    )
+    warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1, 2],
+        description="Batch sizes run once at 450x450 before reporting ready (comma separated).",
+    )
+
+    # --- batching ----------------------------------------------------------------------------
+    max_batch_size: int = Field(default=16, ge=1, le=256, description="Largest inference batch.")
+    max_batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="When requests are already queued behind a busy model, wait at most this "
+        "long for more to fill a batch. A lone request never waits.",
+    )
+    max_queue: int = Field(
+        default=1024, ge=1, description="Images waiting for inference before new ones get 503."
+    )
+
+    # --- input limits ------------------------------------------------------------------------
+    max_files: int = Field(default=64, ge=1, description="Most images in one multipart request.")
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; larger bodies get 413 without being read.",
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Largest image (width x height) decoded; guards against decompression bombs.",
+    )
+
+    # --- security ----------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (comma separated). Empty with no api_keys_file: no auth.",
+        repr=False,
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File with one API key per line (blank lines and # comments ignored).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins (comma separated). Empty: off."
+    )
+
+    # --- runtime -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the JSON logs on stderr."
+    )
+    tf_intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="TensorFlow intra-op threads (0: TensorFlow's default, all cores).",
+    )
+    tf_inter_op_threads: int = Field(
+        default=0, ge=0, description="TensorFlow inter-op threads (0: TensorFlow's default)."
+    )
+    host: str = Field(default="127.0.0.1", description="Bind address for `python -m app`.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port for `python -m app`.")
+
+    @field_validator("api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    def load_api_keys(self) -> list[str]:
+        """Keys from ``api_keys`` plus ``api_keys_file`` (read once, at app creation)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys
