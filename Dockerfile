@@ -7,15 +7,21 @@
 # On a machine that can pull it, pin the digest too: --build-arg BASE_IMAGE=python:...@sha256:...
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- builder: a virtual environment with exactly the pinned runtime dependencies ----
+# ---- requirements: the pinned runtime dependencies, read from pyproject.toml ----
+# A stage of its own so that editing other parts of pyproject.toml (dev extras, tool
+# settings) leaves requirements.txt, and so the cached venv layer below, unchanged.
+FROM ${BASE_IMAGE} AS requirements
+WORKDIR /build
+COPY pyproject.toml docker/runtime_requirements.py ./
+RUN python3 runtime_requirements.py pyproject.toml > requirements.txt
+
+# ---- builder: a virtual environment with exactly those requirements ----
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /build
-COPY pyproject.toml docker/runtime_requirements.py ./
-RUN python3 runtime_requirements.py pyproject.toml > requirements.txt \
-    && python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --requirement requirements.txt \
+COPY --from=requirements /build/requirements.txt /build/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --requirement /build/requirements.txt \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     # C++ headers and libclang only serve building custom ops; never used when serving (~350 MB).
     && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include \

@@ -1,34 +1,40 @@
-"""Container entrypoint: say which device TensorFlow will use, then run the service.
+"""Container entrypoint: log which device TensorFlow will use, then run ``python -m app``.
 
-Runs in the container's main process (exec-form ENTRYPOINT, no shell in between), so the
-service's own SIGTERM handling (uvicorn's graceful shutdown) gets `docker stop`'s signal.
-TensorFlow is imported here once; the service reuses the loaded module.
+Runs as the container's main process (exec-form ENTRYPOINT, no shell in between), so
+uvicorn's own SIGTERM handling gets `docker stop`'s signal: it stops accepting connections,
+lets in-flight requests finish, then exits 0. TensorFlow is imported once, here; the service
+reuses the loaded module. Listing physical devices does not start TensorFlow's runtime, so
+the service can still set its thread pools afterwards.
 """
 
 from __future__ import annotations
 
-import logging
 import runpy
 
-logger = logging.getLogger("entrypoint")
+from app.logging import configure_logging, get_logger
+from app.settings import Settings
 
 
 def log_compute_device() -> None:
     import tensorflow as tf
 
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
     built_with_cuda = tf.test.is_built_with_cuda()
     if gpus:
-        device = "GPU: " + ", ".join(gpu.name for gpu in gpus)
+        device = "GPU"
     elif built_with_cuda:
-        device = "CPU (CUDA build, but no GPU visible: running on the CPU)"
+        device = "CPU (CUDA build, but no GPU visible)"
     else:
         device = "CPU (CPU-only TensorFlow build)"
-    logger.info("tensorflow %s; compute device: %s", tf.__version__, device)
+    get_logger("device").info(
+        "compute device: %s",
+        device,
+        extra={"tensorflow": tf.__version__, "built_with_cuda": built_with_cuda, "gpus": gpus},
+    )
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(Settings().log_level)
     log_compute_device()
     runpy.run_module("app", run_name="__main__", alter_sys=True)
 
