@@ -1,0 +1,102 @@
+"""Fixtures for the service tests: tiny model stores, and the real app served over httpx."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.tiny_model import export_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+CNMC_PNGS = sorted((DATA / "cnmc_real").rglob("*.png"))
+CNMC_BMP = DATA / "cnmc_bmp" / "UID_51_101_1_all.bmp"
+OOD_JPEGS = sorted((DATA / "ood").rglob("*.jpg"))
+COMMITTED_STORE = REPO / "model_store"
+
+
+def committed_store_ready() -> bool:
+    """True once training has exported real models into the repo's model_store/."""
+    return (COMMITTED_STORE / "DEFAULT").is_file() and any(
+        child.is_dir() and not child.name.startswith(".") for child in COMMITTED_STORE.iterdir()
+    )
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tiny_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Store with model 'tiny' (versions 1, 2) and 'other' (version 1); DEFAULT = tiny.
+
+    Never modified: tests that break a store copy it first (see ``tiny_store``).
+    """
+    store = tmp_path_factory.mktemp("template") / "model_store"
+    export_tiny_model(store, "tiny", 1, seed=1)
+    export_tiny_model(store, "tiny", 2, seed=2)
+    export_tiny_model(store, "other", 1, seed=3, threshold=0.3)
+    (store / "DEFAULT").write_text("tiny\n")
+    return store
+
+
+@pytest.fixture
+def tiny_store(tiny_store_template: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the template store."""
+    store = tmp_path / "model_store"
+    shutil.copytree(tiny_store_template, store)
+    return store
+
+
+async def wait_until_settled(app: FastAPI, timeout: float = 120.0) -> None:
+    """Wait until the lifespan's background load finished (ready or failed with a reason)."""
+    state = app.state.dataplane.state
+    deadline = time.monotonic() + timeout
+    while not state.ready and (state.reason or "").startswith("starting"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("model did not load")
+        await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def serve(settings: Settings, settle: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (lifespan included) behind an httpx client, through the ASGI interface."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
+            if settle:
+                await wait_until_settled(app)
+            yield client
+
+
+ServeFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_settings(tiny_store: Path) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"model_store": tiny_store, "warmup_batch_sizes": [1]}
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(make_settings()) as c:
+        yield c

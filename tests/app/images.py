@@ -1,0 +1,32 @@
+"""Images generated in tests (encoded in memory)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+
+def cell_like(seed: int = 0, size: int = 450) -> NDArray[np.uint8]:
+    """A synthetic 'segmented cell': a textured disc on a black background."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    radius = size * rng.uniform(0.15, 0.25)
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    colour = rng.integers(60, 230, size=(size, size, 3), dtype=np.uint8)
+    pixels[disc] = colour[disc]
+    return pixels
+
+
+def encode(pixels: NDArray[np.uint8] | Image.Image, fmt: str, **params: object) -> bytes:
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def decode_rgb(data: bytes) -> NDArray[np.uint8]:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -1,0 +1,179 @@
+"""Decoding, pixel-format conversion and the out-of-distribution check (app/imaging.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import ImageTooLarge, InvalidImage, TruncatedImage
+from app.imaging import check_input, decode_image
+from tests.app.conftest import CNMC_BMP, CNMC_PNGS, OOD_JPEGS
+from tests.app.images import cell_like, encode
+
+LIMIT = 25_000_000
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+def test_lossless_formats_decode_to_identical_rgb(fmt: str) -> None:
+    pixels = cell_like(1)
+    decoded = decode_image(encode(pixels, fmt), LIMIT)
+    assert decoded.pixels.dtype == np.uint8
+    assert decoded.pixels.shape == (450, 450, 3)
+    assert np.array_equal(decoded.pixels, pixels)
+    assert decoded.source_format == fmt
+
+
+def test_jpeg_decodes() -> None:
+    decoded = decode_image(encode(cell_like(2), "JPEG", quality=95), LIMIT)
+    assert decoded.pixels.shape == (450, 450, 3)
+    assert decoded.source_format == "JPEG"
+
+
+def test_real_bmp_equals_its_png() -> None:
+    png = next(p for p in CNMC_PNGS if p.name == CNMC_BMP.with_suffix(".png").name)
+    from_bmp = decode_image(CNMC_BMP.read_bytes(), LIMIT).pixels
+    from_png = decode_image(png.read_bytes(), LIMIT).pixels
+    assert np.array_equal(from_bmp, from_png)
+
+
+def test_grayscale_becomes_three_equal_channels() -> None:
+    grey = cell_like(3)[:, :, 0]
+    decoded = decode_image(encode(Image.fromarray(grey, "L"), "PNG"), LIMIT).pixels
+    assert np.array_equal(decoded[:, :, 0], grey)
+    assert np.array_equal(decoded[:, :, 1], grey)
+    assert np.array_equal(decoded[:, :, 2], grey)
+
+
+def test_palette_image_uses_its_palette() -> None:
+    pixels = cell_like(4)
+    palette_image = Image.fromarray(pixels).quantize(colors=64)
+    expected = np.asarray(palette_image.convert("RGB"))
+    decoded = decode_image(encode(palette_image, "PNG"), LIMIT)
+    assert decoded.source_mode == "P"
+    assert np.array_equal(decoded.pixels, expected)
+
+
+def test_rgba_is_composited_on_black() -> None:
+    rgba = np.zeros((10, 10, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, :5, 3] = 255  # left half opaque
+    rgba[:, 5:, 3] = 0  # right half transparent: background, i.e. black
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), LIMIT).pixels
+    assert (decoded[:, :5] == 200).all()
+    assert (decoded[:, 5:] == 0).all()
+
+
+def test_half_transparent_pixel_is_scaled() -> None:
+    rgba = np.full((4, 4, 4), 200, dtype=np.uint8)
+    rgba[..., 3] = 128
+    decoded = decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), LIMIT).pixels
+    assert (decoded == round(200 * 128 / 255)).all()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_grey_is_scaled_not_clipped(fmt: str) -> None:
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+    decoded = decode_image(encode(image, fmt), LIMIT).pixels
+    assert decoded[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert (decoded[..., 0] == decoded[..., 2]).all()
+
+
+def test_cmyk_jpeg_is_converted() -> None:
+    image = Image.fromarray(cell_like(5)).convert("CMYK")
+    decoded = decode_image(encode(image, "JPEG", quality=95), LIMIT)
+    assert decoded.source_mode == "CMYK"
+    assert decoded.pixels.shape == (450, 450, 3)
+    assert abs(float(decoded.pixels.mean()) - float(cell_like(5).mean())) < 5
+
+
+def test_exif_orientation_is_applied() -> None:
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # white left half, wide image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(Image.fromarray(pixels), "JPEG", exif=exif, quality=100)
+    decoded = decode_image(data, LIMIT).pixels
+    assert decoded.shape == (40, 20, 3)  # now tall
+    assert decoded[:15].mean() > 200  # white half is on top after the rotation
+    assert decoded[25:].mean() < 50
+
+
+@pytest.mark.parametrize("payload", [b"hello, not an image", b"\x00" * 100, b"GIF89a" + b"\x00" * 50])
+def test_non_images_are_rejected(payload: bytes) -> None:
+    with pytest.raises(InvalidImage):
+        decode_image(payload, LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_other_formats_are_rejected(fmt: str) -> None:
+    with pytest.raises(InvalidImage):
+        decode_image(encode(cell_like(6, size=64), fmt), LIMIT)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF"])
+def test_truncated_images_are_detected(fmt: str) -> None:
+    data = encode(cell_like(7), fmt)
+    with pytest.raises((TruncatedImage, InvalidImage)):
+        decode_image(data[: len(data) // 2], LIMIT)
+
+
+def test_truncated_png_is_reported_as_truncated() -> None:
+    data = encode(cell_like(8), "PNG")
+    with pytest.raises(TruncatedImage):
+        decode_image(data[: len(data) // 2], LIMIT)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    # 1-bit 12000x12000 PNG: ~20 KB on disk, 144 megapixels once decoded.
+    bomb = encode(Image.new("1", (12000, 12000)), "PNG")
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageTooLarge):
+        decode_image(bomb, LIMIT)
+
+
+def test_pixel_limit_is_configurable() -> None:
+    data = encode(cell_like(9, size=100), "PNG")
+    assert decode_image(data, 10_000).pixels.shape == (100, 100, 3)
+    with pytest.raises(ImageTooLarge):
+        decode_image(data, 9_999)
+
+
+def test_real_cnmc_images_are_in_distribution() -> None:
+    for path in [*CNMC_PNGS, CNMC_BMP]:
+        check = decode_image(path.read_bytes(), LIMIT).check
+        assert not check.out_of_distribution, (path.name, check)
+        assert check.warnings == []
+
+
+def test_ood_images_are_flagged() -> None:
+    assert OOD_JPEGS
+    for path in OOD_JPEGS:
+        check = decode_image(path.read_bytes(), LIMIT).check
+        assert check.out_of_distribution, (path.name, check)
+        assert "no_black_background" in check.reasons
+
+
+def test_black_and_full_frames_are_flagged() -> None:
+    black = check_input(np.zeros((450, 450, 3), dtype=np.uint8))
+    assert black.reasons == ["no_cell_visible"]
+    # A bright object filling the centre, black border: too much foreground for one cell.
+    big = np.zeros((450, 450, 3), dtype=np.uint8)
+    big[50:400, 50:400] = 180
+    assert check_input(big).reasons == ["foreground_too_large"]
+
+
+def test_unexpected_size_is_a_warning_not_a_flag() -> None:
+    check = check_input(cell_like(10, size=300))
+    assert not check.out_of_distribution
+    assert check.warnings and check.warnings[0].startswith("unexpected_size")
+
+
+def test_decoded_pixels_are_contiguous_uint8() -> None:
+    buffer = io.BytesIO(encode(cell_like(11), "PNG"))
+    decoded = decode_image(buffer.getvalue(), LIMIT).pixels
+    assert decoded.flags["C_CONTIGUOUS"]
