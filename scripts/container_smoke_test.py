@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "run", "--detach", "--name", name, "--network=host",
         "--env", f"LEUK_HOST={HOST}", "--env", f"LEUK_PORT={port}",
         *(arg for env in args.env for arg in ("--env", env)),
+        *(arg for volume in args.volume for arg in ("--volume", volume)),
         args.image,
     )  # fmt: skip
     try:
@@ -290,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-timeout", type=float, default=60.0)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE")
+    parser.add_argument(
+        "--volume", action="append", default=[], help="extra docker run --volume, e.g. a store"
+    )
     parser.add_argument("--results", type=Path, help="write the measured numbers here (JSON)")
     args = parser.parse_args(argv)
     try:
