@@ -94,7 +94,9 @@ async def test_classify_raw_png(client: httpx.AsyncClient) -> None:
     assert result["out_of_distribution"] is False and result["warnings"] == []
 
 
-@pytest.mark.parametrize("content_type", ["image/bmp", "image/x-ms-bmp", "application/octet-stream"])
+@pytest.mark.parametrize(
+    "content_type", ["image/bmp", "image/x-ms-bmp", "application/octet-stream"]
+)
 async def test_classify_raw_bmp(client: httpx.AsyncClient, content_type: str) -> None:
     bmp = await client.post(
         "/v1/classify", content=CNMC_BMP.read_bytes(), headers={"content-type": content_type}
@@ -150,8 +152,8 @@ async def test_classify_named_model_and_version(client: httpx.AsyncClient) -> No
     other = (await client.post("/v1/models/other/classify", content=PNG, headers=headers)).json()
     assert other["model"] == "other" and other["version"] == 1
     assert other["results"][0]["threshold"] == 0.3
-    v1 = (await client.post("/v1/models/tiny/versions/1/classify", content=PNG, headers=headers))
-    v2 = (await client.post("/v1/models/tiny/versions/2/classify", content=PNG, headers=headers))
+    v1 = await client.post("/v1/models/tiny/versions/1/classify", content=PNG, headers=headers)
+    v2 = await client.post("/v1/models/tiny/versions/2/classify", content=PNG, headers=headers)
     assert v1.json()["version"] == 1 and v2.json()["version"] == 2
     # Different weights: the versions really are different models.
     assert v1.json()["results"][0]["probabilities"] != v2.json()["results"][0]["probabilities"]
@@ -209,7 +211,9 @@ async def test_decompression_bomb(client: httpx.AsyncClient) -> None:
     from PIL import Image
 
     bomb = encode(Image.new("1", (12000, 12000)), "PNG")
-    response = await client.post("/v1/classify", content=bomb, headers={"content-type": "image/png"})
+    response = await client.post(
+        "/v1/classify", content=bomb, headers={"content-type": "image/png"}
+    )
     assert_error(response, 413, "image_too_large")
 
 
@@ -232,14 +236,17 @@ async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
         415,
         "unsupported_media_type",
     )
-    assert_error(await client.post("/v1/classify", json={"image": "base64..."}), 415,
-                 "unsupported_media_type")
+    assert_error(
+        await client.post("/v1/classify", json={"image": "base64..."}),
+        415,
+        "unsupported_media_type",
+    )
 
 
 async def test_broken_multipart(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/classify",
-        content=b"--xyz\r\nContent-Disposition: form-data; name=\"files\"\r\n\r\nabc",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="files"\r\n\r\nabc',
         headers={"content-type": "multipart/form-data; boundary=xyz"},
     )
     assert response.status_code in (400, 422)
@@ -257,7 +264,9 @@ async def test_too_many_files(make_settings: Callable[..., Settings]) -> None:
 async def test_upload_over_limit_by_content_length(make_settings: Callable[..., Settings]) -> None:
     async with serve(make_settings(max_upload_bytes=50_000)) as client:
         big = encode(cell_like(1), "BMP")  # ~600 KB
-        response = await client.post("/v1/classify", content=big, headers={"content-type": "image/bmp"})
+        response = await client.post(
+            "/v1/classify", content=big, headers={"content-type": "image/bmp"}
+        )
         assert_error(response, 413, "payload_too_large")
         small = encode(cell_like(1, size=100), "PNG")
         ok = await client.post("/v1/classify", content=small, headers={"content-type": "image/png"})
@@ -302,9 +311,17 @@ async def test_declared_length_over_limit_reads_nothing(
             messages.append(message)
 
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "POST", "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify",
-            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/classify",
+            "raw_path": b"/v1/classify",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("t", 80),
             "headers": [(b"content-type", b"image/bmp"), (b"content-length", b"999999999")],
         }
         await app(scope, receive, send)
@@ -314,15 +331,20 @@ async def test_declared_length_over_limit_reads_nothing(
 
 async def test_unknown_model_and_version(client: httpx.AsyncClient) -> None:
     headers = {"content-type": "image/png"}
-    assert_error(await client.post("/v1/models/nope/classify", content=PNG, headers=headers),
-                 404, "model_not_found")
+    assert_error(
+        await client.post("/v1/models/nope/classify", content=PNG, headers=headers),
+        404,
+        "model_not_found",
+    )
     assert_error(
         await client.post("/v1/models/tiny/versions/7/classify", content=PNG, headers=headers),
-        404, "version_not_found",
+        404,
+        "version_not_found",
     )
     assert_error(
         await client.post("/v1/models/tiny/versions/0/classify", content=PNG, headers=headers),
-        404, "version_not_found",
+        404,
+        "version_not_found",
     )
 
 
@@ -391,14 +413,25 @@ async def test_auth_on(make_settings: Callable[..., Settings], tmp_path: Path) -
         # Orchestrator probes stay open.
         assert (await client.get("/health/live")).status_code == 200
         assert (await client.get("/health/ready")).status_code == 200
-        for method, path in [("GET", "/health"), ("GET", "/metrics"), ("GET", "/model-info"),
-                             ("GET", "/v1/models"), ("GET", "/docs"), ("GET", "/openapi.json"),
-                             ("POST", "/v1/classify"), ("GET", "/nope")]:
+        for method, path in [
+            ("GET", "/health"),
+            ("GET", "/metrics"),
+            ("GET", "/model-info"),
+            ("GET", "/v1/models"),
+            ("GET", "/docs"),
+            ("GET", "/openapi.json"),
+            ("POST", "/v1/classify"),
+            ("GET", "/nope"),
+        ]:
             assert_error(await client.request(method, path), 401, "unauthorized")
-        assert_error(await client.get("/metrics", headers={"x-api-key": "wrong"}), 401,
-                     "unauthorized")
-        assert_error(await client.get("/metrics", headers={"authorization": "Basic env-key-1"}),
-                     401, "unauthorized")
+        assert_error(
+            await client.get("/metrics", headers={"x-api-key": "wrong"}), 401, "unauthorized"
+        )
+        assert_error(
+            await client.get("/metrics", headers={"authorization": "Basic env-key-1"}),
+            401,
+            "unauthorized",
+        )
         assert (await client.get("/metrics", headers={"x-api-key": "env-key-1"})).status_code == 200
         bearer = {"authorization": "Bearer file-key-1"}
         assert (await client.get("/model-info", headers=bearer)).status_code == 200
@@ -408,8 +441,16 @@ async def test_auth_on(make_settings: Callable[..., Settings], tmp_path: Path) -
         assert ok.status_code == 200
         metrics = (await client.get("/metrics", headers=bearer)).text
         # Auth runs before routing, so refused requests are counted under "<unmatched>".
-        assert metric_value(metrics, "leuk_http_requests_total", route="<unmatched>",
-                            method="POST", status="401") == 1
+        assert (
+            metric_value(
+                metrics,
+                "leuk_http_requests_total",
+                route="<unmatched>",
+                method="POST",
+                status="401",
+            )
+            == 1
+        )
 
 
 async def test_cors_off_unless_configured(make_settings: Callable[..., Settings]) -> None:
@@ -434,10 +475,16 @@ async def test_openapi_documents_every_endpoint_and_errors(client: httpx.AsyncCl
     spec = (await client.get("/openapi.json")).json()
     paths = spec["paths"]
     expected = {
-        "/health/live": "get", "/health/ready": "get", "/health": "get", "/model-info": "get",
-        "/v1/models": "get", "/v1/models/{name}": "get",
-        "/v1/models/{name}/versions/{version}": "get", "/v1/classify": "post",
-        "/v1/models/{name}/classify": "post", "/v1/models/{name}/versions/{version}/classify": "post",
+        "/health/live": "get",
+        "/health/ready": "get",
+        "/health": "get",
+        "/model-info": "get",
+        "/v1/models": "get",
+        "/v1/models/{name}": "get",
+        "/v1/models/{name}/versions/{version}": "get",
+        "/v1/classify": "post",
+        "/v1/models/{name}/classify": "post",
+        "/v1/models/{name}/versions/{version}/classify": "post",
         "/metrics": "get",
     }
     for path, method in expected.items():

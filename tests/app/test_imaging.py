@@ -103,7 +103,9 @@ def test_exif_orientation_is_applied() -> None:
     assert decoded[25:].mean() < 50
 
 
-@pytest.mark.parametrize("payload", [b"hello, not an image", b"\x00" * 100, b"GIF89a" + b"\x00" * 50])
+@pytest.mark.parametrize(
+    "payload", [b"hello, not an image", b"\x00" * 100, b"GIF89a" + b"\x00" * 50]
+)
 def test_non_images_are_rejected(payload: bytes) -> None:
     with pytest.raises(InvalidImage):
         decode_image(payload, LIMIT)

@@ -1,0 +1,192 @@
+"""Server-side dynamic batching (app/batching.py) and batched == single results."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from app.batching import Batcher
+from app.errors import Overloaded
+from app.imaging import decode_image
+from app.registry import LoadedVersion, ModelRegistry
+from app.settings import Settings
+from tests.app.conftest import CNMC_PNGS, serve
+from tests.app.images import cell_like, encode
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingRuntime:
+    """Wraps a real runtime and records the shape of every inference call."""
+
+    def __init__(self, inner: object, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.shapes: list[tuple[int, ...]] = []
+        self.delay = delay
+        self.fail = False
+
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        self.shapes.append(images.shape)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        if self.delay:
+            threading.Event().wait(self.delay)
+        return self.inner.predict(images)  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def tiny_version(tiny_store: Path) -> LoadedVersion:
+    return ModelRegistry(tiny_store).select("tiny")
+
+
+def real_pixels() -> list[NDArray[np.uint8]]:
+    return [decode_image(p.read_bytes(), 10**8).pixels for p in CNMC_PNGS]
+
+
+def test_batched_rows_are_bit_identical_to_single_rows(tiny_version: LoadedVersion) -> None:
+    images = real_pixels() + [cell_like(seed) for seed in range(20)]
+    runtime = tiny_version.runtime
+    singles = np.concatenate([runtime.predict(image[None]) for image in images])
+    for size in (2, 3, 5, 8, 16, 32):
+        batched = np.concatenate(
+            [runtime.predict(np.stack(images[i : i + size])) for i in range(0, len(images), size)]
+        )
+        assert np.array_equal(batched, singles), size
+
+
+async def test_lone_request_runs_at_once_and_concurrent_requests_batch(
+    tiny_version: LoadedVersion,
+) -> None:
+    recorder = RecordingRuntime(tiny_version.runtime, delay=0.02)
+    model = replace(tiny_version, runtime=recorder)
+    observed: list[tuple[int, list[float]]] = []
+    batcher = Batcher(
+        max_batch_size=8,
+        max_batch_wait_s=0.5,
+        max_queue=100,
+        observer=lambda _m, size, waits, _s: observed.append((size, waits)),
+    )
+    batcher.start()
+    try:
+        image = cell_like(0)
+        (alone,) = await batcher.predict(model, [image])
+        # A lone request does not wait for company (max_batch_wait is 0.5 s here).
+        assert observed[0][0] == 1 and observed[0][1][0] < 0.1
+        images = [cell_like(seed) for seed in range(20)]
+        rows = await batcher.predict(model, images)
+    finally:
+        batcher.stop()
+    sizes = [size for size, _ in observed[1:]]
+    assert sum(sizes) == 20
+    assert max(sizes) > 1 and max(sizes) <= 8
+    expected = np.concatenate([tiny_version.runtime.predict(img[None]) for img in images])
+    assert np.array_equal(np.stack(rows), expected)
+    assert np.array_equal(alone, tiny_version.runtime.predict(image[None])[0])
+
+
+async def test_batches_never_mix_shapes_or_models(tiny_store: Path) -> None:
+    registry = ModelRegistry(tiny_store)
+    tiny = registry.select("tiny")
+    other = registry.select("other")
+    recorder_a = RecordingRuntime(tiny.runtime, delay=0.01)
+    recorder_b = RecordingRuntime(other.runtime, delay=0.01)
+    model_a, model_b = replace(tiny, runtime=recorder_a), replace(other, runtime=recorder_b)
+    batcher = Batcher(max_batch_size=16, max_batch_wait_s=0.005, max_queue=100)
+    batcher.start()
+    try:
+        small = [cell_like(s, size=200) for s in range(6)]
+        large = [cell_like(s, size=450) for s in range(6)]
+        async with anyio.create_task_group() as tasks:
+            for image in small + large:
+                tasks.start_soon(batcher.predict, model_a, [image])
+                tasks.start_soon(batcher.predict, model_b, [image])
+    finally:
+        batcher.stop()
+    for shape in recorder_a.shapes + recorder_b.shapes:
+        assert shape[1:] in ((200, 200, 3), (450, 450, 3))
+    assert sum(s[0] for s in recorder_a.shapes) == 12
+    assert sum(s[0] for s in recorder_b.shapes) == 12
+
+
+async def test_model_failure_reaches_every_waiting_request(tiny_version: LoadedVersion) -> None:
+    recorder = RecordingRuntime(tiny_version.runtime)
+    recorder.fail = True
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, max_queue=10)
+    batcher.start()
+    try:
+        with pytest.raises(RuntimeError, match="model exploded"):
+            await batcher.predict(replace(tiny_version, runtime=recorder), [cell_like(1)] * 3)
+        recorder.fail = False
+        rows = await batcher.predict(replace(tiny_version, runtime=recorder), [cell_like(1)])
+        assert rows[0].shape == (2,)  # the worker survived the failure
+    finally:
+        batcher.stop()
+
+
+def test_full_queue_is_refused(tiny_version: LoadedVersion) -> None:
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, max_queue=2)  # not started
+    batcher.submit(tiny_version, cell_like(1))
+    batcher.submit(tiny_version, cell_like(2))
+    with pytest.raises(Overloaded):
+        batcher.submit(tiny_version, cell_like(3))
+    batcher.stop()
+
+
+async def test_concurrent_http_requests_equal_sequential_ones(
+    make_settings: Callable[..., Settings],
+) -> None:
+    payloads = [p.read_bytes() for p in CNMC_PNGS] + [
+        encode(cell_like(seed), "PNG") for seed in range(20)
+    ]
+    headers = {"content-type": "image/png"}
+    async with serve(make_settings(max_batch_size=8, max_batch_wait_ms=5)) as client:
+
+        async def classify(payload: bytes) -> dict[str, float]:
+            response = await client.post("/v1/classify", content=payload, headers=headers)
+            assert response.status_code == 200
+            return response.json()["results"][0]["probabilities"]  # type: ignore[no-any-return]
+
+        sequential = [await classify(p) for p in payloads]
+        concurrent: list[dict[str, float]] = [{}] * len(payloads)
+
+        async def run(i: int) -> None:
+            concurrent[i] = await classify(payloads[i])
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(payloads)):
+                tasks.start_soon(run, i)
+        metrics = (await client.get("/metrics")).text
+    assert concurrent == sequential
+    batched = _batches_larger_than_one(metrics)
+    assert batched > 0, "concurrent requests should have been batched"
+
+
+def _batches_larger_than_one(metrics: str) -> float:
+    count = le1 = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("leuk_inference_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+        if line.startswith("leuk_inference_batch_size_bucket") and 'le="1.0"' in line:
+            le1 += float(line.rsplit(" ", 1)[1])
+    return count - le1
+
+
+async def test_multi_image_request_equals_single_requests(client: httpx.AsyncClient) -> None:
+    payloads = [p.read_bytes() for p in CNMC_PNGS]
+    headers = {"content-type": "image/png"}
+    singles = [
+        (await client.post("/v1/classify", content=p, headers=headers)).json()["results"][0]
+        for p in payloads
+    ]
+    files = [("files", (f"{i}.png", p, "image/png")) for i, p in enumerate(payloads)]
+    together = (await client.post("/v1/classify", files=files)).json()["results"]
+    assert [r["probabilities"] for r in together] == [r["probabilities"] for r in singles]
+    assert [r["label"] for r in together] == [r["label"] for r in singles]

@@ -1,0 +1,219 @@
+"""Model store discovery, card checks, hash verification and broken stores (app/registry.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
+from app.registry import ModelRegistry, VersionFailed
+from app.settings import Settings
+from tests.app.conftest import CNMC_PNGS, serve
+
+PNG = CNMC_PNGS[0].read_bytes()
+
+
+def corrupt_variables(version_dir: Path) -> None:
+    data = next((version_dir / "variables").glob("variables.data-*"))
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+def edit_card(version_dir: Path, **changes: object) -> None:
+    card_path = version_dir / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card.update(changes)
+    card_path.write_text(json.dumps(card))
+
+
+# --- discovery ---------------------------------------------------------------------------
+def test_discovery_ignores_temporary_and_non_integer_folders(tiny_store: Path) -> None:
+    (tiny_store / "tiny" / ".tmp-3-abc").mkdir()
+    (tiny_store / "tiny" / "latest").mkdir()
+    (tiny_store / "tiny" / "0").mkdir()
+    (tiny_store / ".hidden").mkdir()
+    (tiny_store / "empty-model").mkdir()
+    assert ModelRegistry(tiny_store).models() == {"other": [1], "tiny": [1, 2]}
+
+
+def test_default_model_from_setting_file_or_only_model(tiny_store: Path, tmp_path: Path) -> None:
+    registry = ModelRegistry(tiny_store)
+    assert registry.default_model_name(None) == "tiny"
+    assert registry.default_model_name("other") == "other"
+    (tiny_store / "DEFAULT").unlink()
+    with pytest.raises(ModelNotFound):
+        registry.default_model_name(None)  # two models and no DEFAULT: ambiguous
+    single = tmp_path / "single"
+    shutil.copytree(tiny_store / "other", single / "other")
+    assert ModelRegistry(single).default_model_name(None) == "other"
+
+
+def test_newest_version_is_selected(tiny_store: Path) -> None:
+    registry = ModelRegistry(tiny_store)
+    loaded = registry.select("tiny")
+    assert (loaded.name, loaded.version) == ("tiny", 2)
+    assert loaded.card.files and loaded.load_seconds > 0
+    assert registry.select("tiny", pinned=1).version == 2  # already chosen: served as is
+    assert ModelRegistry(tiny_store).select("tiny", pinned=1).version == 1
+
+
+# --- verification ------------------------------------------------------------------------
+def test_hash_mismatch_is_refused(tiny_store: Path) -> None:
+    corrupt_variables(tiny_store / "tiny" / "2")
+    registry = ModelRegistry(tiny_store)
+    with pytest.raises(VersionFailed, match="sha256 mismatch for variables/variables.data"):
+        registry.load("tiny", 2)
+    state = registry.describe()["tiny"]["versions"]["2"]
+    assert state["state"] == "failed" and "sha256 mismatch" in state["reason"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda d: (d / "model_card.json").unlink(), "model_card.json is missing"),
+        (lambda d: (d / "model_card.json").write_text("{not json"), "model_card.json is invalid"),
+        (lambda d: edit_card(d, files={}), "model_card.json is invalid"),
+        (lambda d: edit_card(d, version=5), "card says tiny/5"),
+        (lambda d: edit_card(d, positive_label="blast"), "positive_label"),
+        (lambda d: (d / "saved_model.pb").unlink(), "missing: saved_model.pb"),
+        (lambda d: (d / "variables" / "extra.bin").write_bytes(b"x"), "not listed"),
+        (lambda d: edit_card(d, files={"../../x": "0" * 64}), "outside the version folder"),
+    ],
+)
+def test_broken_versions_say_why(
+    tiny_store: Path, damage: Callable[[Path], object], reason: str
+) -> None:
+    damage(tiny_store / "tiny" / "2")
+    with pytest.raises(VersionFailed, match=reason.replace("(", r"\(").replace(".", r"\.")):
+        ModelRegistry(tiny_store).load("tiny", 2)
+
+
+def test_unloadable_saved_model_is_reported(tiny_store: Path) -> None:
+    version = tiny_store / "tiny" / "2"
+    (version / "saved_model.pb").write_bytes(b"not a protobuf")
+    from tests.app.tiny_model import file_hashes
+
+    edit_card(version, files=file_hashes(version))  # hashes match; content is garbage
+    with pytest.raises(VersionFailed, match="load failed"):
+        ModelRegistry(tiny_store).load("tiny", 2)
+
+
+def test_broken_newest_falls_back_to_last_good(tiny_store: Path) -> None:
+    corrupt_variables(tiny_store / "tiny" / "2")
+    registry = ModelRegistry(tiny_store)
+    assert registry.select("tiny").version == 1
+    described = registry.describe()["tiny"]
+    assert described["default_version"] == 1
+    assert described["versions"]["2"]["state"] == "failed"
+    assert described["versions"]["1"]["state"] == "ready"
+
+
+def test_broken_pin_is_not_replaced(tiny_store: Path) -> None:
+    corrupt_variables(tiny_store / "tiny" / "2")
+    with pytest.raises(ModelUnavailable, match="sha256 mismatch"):
+        ModelRegistry(tiny_store).select("tiny", pinned=2)
+    with pytest.raises(VersionNotFound):
+        ModelRegistry(tiny_store).select("tiny", pinned=9)
+
+
+# --- the service over broken stores ------------------------------------------------------
+async def assert_live_not_ready(client: httpx.AsyncClient, reason: str) -> None:
+    assert (await client.get("/health/live")).status_code == 200
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["error"]["code"] == "not_ready"
+    assert reason in ready.json()["error"]["detail"]
+    health = await client.get("/health")
+    assert health.status_code == 503 and health.json()["ready"] is False
+    assert reason in health.json()["reason"]
+    classify = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
+    assert classify.status_code == 503 and classify.json()["error"]["code"] == "not_ready"
+
+
+@pytest.mark.anyio
+async def test_service_keeps_serving_last_good_version(
+    tiny_store: Path, make_settings: Callable[..., Settings]
+) -> None:
+    corrupt_variables(tiny_store / "tiny" / "2")
+    async with serve(make_settings()) as client:
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200 and ready.json()["version"] == 1
+        health = (await client.get("/health")).json()
+        assert "serving last good version" in health["reason"]
+        assert "sha256 mismatch" in health["models"]["tiny"]["versions"]["2"]["reason"]
+        response = await client.post(
+            "/v1/models/tiny/versions/2/classify",
+            content=PNG,
+            headers={"content-type": "image/png"},
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_unavailable"
+        ok = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
+        assert ok.status_code == 200 and ok.json()["version"] == 1
+
+
+@pytest.mark.anyio
+async def test_service_with_every_version_broken_stays_live(
+    tiny_store: Path, make_settings: Callable[..., Settings]
+) -> None:
+    corrupt_variables(tiny_store / "tiny" / "1")
+    corrupt_variables(tiny_store / "tiny" / "2")
+    async with serve(make_settings()) as client:
+        await assert_live_not_ready(client, "sha256 mismatch")
+        # The other model is intact and can still be asked for by name.
+        other = await client.post(
+            "/v1/models/other/classify", content=PNG, headers={"content-type": "image/png"}
+        )
+        assert other.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_service_with_broken_pin_is_not_ready(
+    tiny_store: Path, make_settings: Callable[..., Settings]
+) -> None:
+    corrupt_variables(tiny_store / "tiny" / "2")
+    async with serve(make_settings(model_version=2)) as client:
+        await assert_live_not_ready(client, "sha256 mismatch")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("store_kind", ["missing", "empty", "no_default"])
+async def test_service_without_usable_store_stays_live(
+    tiny_store: Path, tmp_path: Path, make_settings: Callable[..., Settings], store_kind: str
+) -> None:
+    if store_kind == "missing":
+        settings = make_settings(model_store=tmp_path / "nowhere")
+    elif store_kind == "empty":
+        (tmp_path / "empty").mkdir()
+        settings = make_settings(model_store=tmp_path / "empty")
+    else:
+        (tiny_store / "DEFAULT").unlink()
+        settings = make_settings()
+    async with serve(settings) as client:
+        await assert_live_not_ready(client, "default model")
+
+
+@pytest.mark.anyio
+async def test_default_model_setting_unknown(make_settings: Callable[..., Settings]) -> None:
+    async with serve(make_settings(default_model="ghost")) as client:
+        await assert_live_not_ready(client, "ghost")
+
+
+@pytest.mark.anyio
+async def test_not_ready_while_loading(make_settings: Callable[..., Settings]) -> None:
+    async with serve(make_settings(), settle=False) as client:
+        first = await client.get("/health/ready")
+        live = await client.get("/health/live")
+        assert live.status_code == 200
+        if first.status_code == 503:  # load usually still running right after startup
+            assert "starting" in first.json()["error"]["detail"]
+        from tests.app.conftest import wait_until_settled
+
+        await wait_until_settled(client.app)  # type: ignore[attr-defined]
+        assert (await client.get("/health/ready")).status_code == 200
