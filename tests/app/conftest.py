@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,8 @@ DATA = REPO / "tests" / "data"
 CNMC_PNGS = sorted((DATA / "cnmc_real").rglob("*.png"))
 CNMC_BMP = DATA / "cnmc_bmp" / "UID_51_101_1_all.bmp"
 OOD_JPEGS = sorted((DATA / "ood").rglob("*.jpg"))
-COMMITTED_STORE = REPO / "model_store"
+# Overridable to try the committed-model tests against another store (e.g. a dev export).
+COMMITTED_STORE = Path(os.environ.get("APP_TEST_MODEL_STORE", REPO / "model_store"))
 
 
 def committed_store_ready() -> bool:

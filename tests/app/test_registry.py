@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,9 @@ def test_newest_version_is_selected(tiny_store: Path) -> None:
 def test_hash_mismatch_is_refused(tiny_store: Path) -> None:
     corrupt_variables(tiny_store / "tiny" / "2")
     registry = ModelRegistry(tiny_store)
-    with pytest.raises(VersionFailed, match="sha256 mismatch for variables/variables.data"):
+    with pytest.raises(
+        VersionFailed, match=re.escape("sha256 mismatch for variables/variables.data")
+    ):
         registry.load("tiny", 2)
     state = registry.describe()["tiny"]["versions"]["2"]
     assert state["state"] == "failed" and "sha256 mismatch" in state["reason"]
@@ -90,7 +93,7 @@ def test_broken_versions_say_why(
     tiny_store: Path, damage: Callable[[Path], object], reason: str
 ) -> None:
     damage(tiny_store / "tiny" / "2")
-    with pytest.raises(VersionFailed, match=reason.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(VersionFailed, match=re.escape(reason)):
         ModelRegistry(tiny_store).load("tiny", 2)
 
 

@@ -1,0 +1,120 @@
+"""The service over the committed model store (model_store/ in the repo), with real images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.registry import ModelRegistry
+from app.settings import Settings
+from tests.app.conftest import (
+    CNMC_BMP,
+    CNMC_PNGS,
+    COMMITTED_STORE,
+    OOD_JPEGS,
+    committed_store_ready,
+    serve,
+)
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(
+        not committed_store_ready(),
+        reason="no committed model yet: model_store/DEFAULT and a model folder are written by "
+        "training/ (python -m training export)",
+    ),
+]
+
+REAL_FILES = [*CNMC_PNGS, CNMC_BMP]
+
+
+@pytest.fixture(scope="module")
+async def real_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(Settings(model_store=COMMITTED_STORE)) as client:
+        yield client
+
+
+def _default_version_dir() -> Path:
+    registry = ModelRegistry(COMMITTED_STORE)
+    name = registry.default_model_name(None)
+    return COMMITTED_STORE / name / str(max(registry.models()[name]))
+
+
+def _reference_probabilities(paths: list[Path]) -> np.ndarray:
+    """P per file straight from the SavedModel with tf + PIL, independent of app code."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(_default_version_dir()))
+    serve_fn = loaded.signatures["serving_default"]
+    rows = []
+    for path in paths:
+        pixels = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
+        rows.append(serve_fn(images=tf.constant(pixels[None]))["probabilities"].numpy()[0])
+    return np.stack(rows)
+
+
+async def test_ready_with_committed_default_model(real_client: httpx.AsyncClient) -> None:
+    ready = await real_client.get("/health/ready")
+    assert ready.status_code == 200
+    version_dir = _default_version_dir()
+    assert ready.json() == {
+        "status": "ready",
+        "model": version_dir.parent.name,
+        "version": int(version_dir.name),
+    }
+    info = (await real_client.get("/model-info")).json()
+    assert info["labels"] == ["hem", "all"] and info["positive_label"] == "all"
+    assert info["metrics"] and info["data"]["citation"]
+    assert "saved_model.pb" in info["files"]
+
+
+async def test_service_equals_independent_saved_model_prediction(
+    real_client: httpx.AsyncClient,
+) -> None:
+    expected = _reference_probabilities(REAL_FILES)
+    for path, row in zip(REAL_FILES, expected, strict=True):
+        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
+        response = await real_client.post(
+            "/v1/classify", content=path.read_bytes(), headers={"content-type": content_type}
+        )
+        result = response.json()["results"][0]
+        assert result["probabilities"] == {"hem": float(row[0]), "all": float(row[1])}, path.name
+        assert result["out_of_distribution"] is False
+
+
+async def test_service_equals_training_package_prediction(real_client: httpx.AsyncClient) -> None:
+    predict_files = pytest.importorskip("training.predict").predict_files
+    version_dir = _default_version_dir()
+    expected = np.asarray(predict_files(version_dir, REAL_FILES))
+    for path, p_row in zip(REAL_FILES, expected, strict=True):
+        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
+        response = await real_client.post(
+            "/v1/classify", content=path.read_bytes(), headers={"content-type": content_type}
+        )
+        blast = response.json()["results"][0]["blast_probability"]
+        p_all = float(p_row[1]) if np.ndim(p_row) else float(p_row)
+        assert blast == p_all, path.name
+
+
+async def test_real_model_batched_equals_single(real_client: httpx.AsyncClient) -> None:
+    files = [("files", (f"{i}.png", p.read_bytes(), "image/png")) for i, p in enumerate(CNMC_PNGS)]
+    together = (await real_client.post("/v1/classify", files=files)).json()["results"]
+    for path, batched in zip(CNMC_PNGS, together, strict=True):
+        single = await real_client.post(
+            "/v1/classify", content=path.read_bytes(), headers={"content-type": "image/png"}
+        )
+        assert single.json()["results"][0]["probabilities"] == batched["probabilities"]
+
+
+async def test_real_model_flags_ood(real_client: httpx.AsyncClient) -> None:
+    files = [("files", (f"{i}.jpg", p.read_bytes(), "image/jpeg")) for i, p in enumerate(OOD_JPEGS)]
+    body = (await real_client.post("/v1/classify", files=files)).json()
+    assert all(r["out_of_distribution"] for r in body["results"])
+    assert body["summary"]["n_out_of_distribution"] == len(OOD_JPEGS)
+    assert body["summary"]["blast_fraction_in_distribution"] is None
