@@ -100,11 +100,11 @@ deb $SECURITY_MIRROR bookworm-security main
 EOF
 cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 mount -t proc proc "$rootfs/proc"
-in_root apt-get -qq update >"$work_dir/apt.log" 2>&1 \
-    && in_root apt-get -qq -y upgrade >>"$work_dir/apt.log" 2>&1 || {
+if ! { in_root apt-get -qq update && in_root apt-get -qq -y upgrade; } >"$work_dir/apt.log" 2>&1
+then
     tail -n 30 "$work_dir/apt.log" >&2
     exit 1
-}
+fi
 umount "$rootfs/proc"
 
 log "trusting the build host's extra CA certificates from $EXTRA_CA_DIR"
