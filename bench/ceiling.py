@@ -1,0 +1,202 @@
+"""In-process measurements: the model's own limit, with no HTTP in the way.
+
+Run as a subprocess by ``python -m bench`` (so its TensorFlow threads and memory are its own):
+
+    python -m bench.ceiling --model-dir model_store/<name>/<version> --image x.bmp --out c.json
+
+Measures, on already-decoded images of the request's size:
+- the exported signature (``serving_default``, a compiled ``tf.function``) at batch sizes
+  1..64: images/s and per-call latency; the best of these is the "ceiling";
+- one ``model.predict`` call through Keras (the naive baseline's path);
+- decoding one BMP with PIL, and resizing one image to the model's input size (the resize
+  the model itself performs, measured on its own);
+- optionally the same SavedModel converted to TensorFlow Lite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _repeat_ms(
+    fn: Callable[[], object], min_seconds: float, min_calls: int = 5
+) -> tuple[list[float], float]:
+    """Call ``fn`` until ``min_seconds`` and ``min_calls`` are reached: per-call wall ms, and
+    the process CPU seconds (all threads) the calls took."""
+    times: list[float] = []
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times, time.process_time() - cpu0
+
+
+def _summary(measured: tuple[list[float], float], batch: int = 1) -> dict[str, float]:
+    times_ms, cpu_s = measured
+    total_s = sum(times_ms) / 1000
+    return {
+        "calls": len(times_ms),
+        "median_ms": statistics.median(times_ms),
+        "p95_ms": float(np.percentile(times_ms, 95)),
+        "images_per_s": batch * len(times_ms) / total_s,
+        "cpu_ms_per_image": 1000 * cpu_s / (batch * len(times_ms)),
+    }
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def measure_preprocessing(data: bytes, size: tuple[int, int], seconds: float) -> dict[str, Any]:
+    import tensorflow as tf
+
+    pixels = decode_rgb(data)
+    tensor = tf.constant(pixels[np.newaxis])
+    resize = tf.function(lambda x: tf.image.resize(x, size, method="bilinear"))
+    resize(tensor)
+    return {
+        "image_shape": list(pixels.shape),
+        "body_bytes": len(data),
+        "decode_pil": _summary(_repeat_ms(lambda: decode_rgb(data), seconds)),
+        "resize_tf_bilinear": _summary(_repeat_ms(lambda: resize(tensor).numpy(), seconds)),
+        "resize_pil_bilinear": _summary(
+            _repeat_ms(
+                lambda: Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR), seconds
+            )
+        ),
+    }
+
+
+def measure_signature(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, Any]:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    results: dict[str, Any] = {}
+    for batch in BATCH_SIZES:
+        images = tf.constant(np.repeat(pixels[np.newaxis], batch, axis=0))
+        for _ in range(2):  # first calls trace and allocate; never timed
+            signature(images=images)["probabilities"].numpy()
+
+        def call(x: Any = images) -> object:
+            return signature(images=x)["probabilities"].numpy()
+
+        measured = _repeat_ms(call, seconds)
+        results[str(batch)] = _summary(measured, batch)
+    best = max(results, key=lambda b: results[b]["images_per_s"])
+    return {
+        "by_batch": results,
+        "best_batch": int(best),
+        "best_images_per_s": results[best]["images_per_s"],
+    }
+
+
+def measure_keras_predict(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, float]:
+    from bench.naive_app import _load_keras_model
+
+    model = _load_keras_model(model_dir)
+    batch = pixels[np.newaxis]
+    for _ in range(2):
+        model.predict(batch, verbose=0)
+    return _summary(_repeat_ms(lambda: model.predict(batch, verbose=0), seconds))
+
+
+def measure_tflite(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, Any]:
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    converter = tf.lite.TFLiteConverter.from_saved_model(model_dir)
+    flatbuffer = converter.convert()
+    convert_s = time.perf_counter() - t0
+    results: dict[str, Any] = {}
+    for batch in BATCH_SIZES:
+        interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count())
+        inp = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(inp["index"], [batch, *pixels.shape])
+        interpreter.allocate_tensors()
+        out_index = interpreter.get_output_details()[0]["index"]
+        images = np.repeat(pixels[np.newaxis], batch, axis=0)
+
+        def call(
+            interp: Any = interpreter,
+            x: np.ndarray = images,
+            i: int = inp["index"],
+            o: int = out_index,
+        ) -> object:
+            interp.set_tensor(i, x)
+            interp.invoke()
+            return interp.get_tensor(o)
+
+        call()
+        results[str(batch)] = _summary(_repeat_ms(call, seconds), batch)
+    best = max(results, key=lambda b: results[b]["images_per_s"])
+    return {
+        "convert_s": convert_s,
+        "flatbuffer_bytes": len(flatbuffer),
+        "by_batch": results,
+        "best_batch": int(best),
+        "best_images_per_s": results[best]["images_per_s"],
+    }
+
+
+def _vm_hwm_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--image", required=True, help="a real C-NMC BMP")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(256, 256))
+    parser.add_argument("--seconds", type=float, default=1.5, help="timing window per point")
+    parser.add_argument("--tflite", action="store_true", help="also measure a TFLite conversion")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    data = Path(args.image).read_bytes()
+    pixels = decode_rgb(data)
+    cpu0 = time.process_time()
+    result: dict[str, Any] = {
+        "tensorflow": tf.__version__,
+        "threads": {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset: on)"),
+        },
+        "preprocessing": measure_preprocessing(data, tuple(args.input_size), args.seconds),
+        "signature": measure_signature(args.model_dir, pixels, args.seconds),
+        "keras_predict_batch1": measure_keras_predict(args.model_dir, pixels, args.seconds),
+    }
+    result["vm_hwm_kib_before_tflite"] = _vm_hwm_kib()
+    if args.tflite:
+        try:
+            result["tflite"] = measure_tflite(args.model_dir, pixels, args.seconds)
+        except Exception as exc:  # report, don't hide: the comparison is optional
+            result["tflite"] = {"error": f"{type(exc).__name__}: {exc}"}
+    result["cpu_seconds"] = time.process_time() - cpu0
+    result["vm_hwm_kib"] = _vm_hwm_kib()
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

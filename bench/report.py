@@ -1,0 +1,329 @@
+"""Turn one run's results into the comparison, a markdown report and a PNG plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TARGET_C32_VS_NAIVE = 10.0
+TARGET_C64_VS_CEILING = 0.60
+TARGET_C1_P50_MS = 10.0
+
+Run = dict[str, Any]
+
+
+def find_run(
+    results: dict[str, Any], target: str, concurrency: int, body: str = "raw"
+) -> Run | None:
+    for run in results.get("runs", []):
+        if (run["target"], run["concurrency"], run["body"]) == (target, concurrency, body):
+            return dict(run)
+    return None
+
+
+def ceiling_images_per_s(results: dict[str, Any]) -> float | None:
+    ceiling = results.get("ceiling")
+    return float(ceiling["signature"]["best_images_per_s"]) if ceiling else None
+
+
+def compare(results: dict[str, Any]) -> dict[str, Any]:
+    """Ratios service/naive and service/ceiling per concurrency, and the three targets."""
+    ceiling = ceiling_images_per_s(results)
+    runs = results.get("runs", [])
+    concurrencies = sorted(
+        {r["concurrency"] for r in runs if r["target"] == "service" and r["body"] == "raw"}
+    )
+    by_concurrency: dict[str, dict[str, float]] = {}
+    for c in concurrencies:
+        service, naive = find_run(results, "service", c), find_run(results, "naive", c)
+        assert service is not None
+        row = {"service_images_per_s": service["images_per_s"]}
+        if naive and naive["images_per_s"] > 0:
+            row["naive_images_per_s"] = naive["images_per_s"]
+            row["service_over_naive"] = service["images_per_s"] / naive["images_per_s"]
+        if ceiling:
+            row["service_over_ceiling"] = service["images_per_s"] / ceiling
+        by_concurrency[str(c)] = row
+
+    targets: dict[str, Any] = {}
+    c32, c64 = by_concurrency.get("32", {}), by_concurrency.get("64", {})
+    s32, s1 = find_run(results, "service", 32), find_run(results, "service", 1)
+    if "service_over_naive" in c32 and s32:
+        ratio = c32["service_over_naive"]
+        targets["c32_service_over_naive"] = {
+            "value": ratio,
+            "errors": s32["errors"],
+            "met": ratio >= TARGET_C32_VS_NAIVE and s32["errors"] == 0,
+        }
+    if "service_over_ceiling" in c64:
+        ratio = c64["service_over_ceiling"]
+        targets["c64_service_over_ceiling"] = {
+            "value": ratio,
+            "met": ratio >= TARGET_C64_VS_CEILING,
+        }
+    if s1:
+        p50 = s1["latency_ms"]["p50"]
+        targets["c1_p50_ms"] = {"value": p50, "met": p50 < TARGET_C1_P50_MS}
+    return {"ceiling_images_per_s": ceiling, "by_concurrency": by_concurrency, "targets": targets}
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(kib: int | None) -> str:
+    return "n/a" if not kib else f"{kib / 1024:.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+RUN_HEADER = (
+    "server", "body", "conc.", "images/s", "p50 ms", "p95 ms", "p99 ms", "Little mean ms",
+    "errors", "server CPU s", "server CPU (cores)", "server CPU ms/image", "wrk CPU (cores)",
+    "other CPU (cores)", "peak RSS MiB",
+)  # fmt: skip
+
+
+def _run_row(results: dict[str, Any], r: Run) -> list[object]:
+    memory = results.get("servers", {}).get(r["target"], {}).get("memory_end", {})
+    lat = r["latency_ms"]
+    return [
+        r["target"], r["body"], r["concurrency"], _f(r["images_per_s"]), _f(lat["p50"]),
+        _f(lat["p95"]), _f(lat["p99"]), _f(lat.get("littles_law_mean")), r["errors"],
+        _f(r["server_cpu_s"]), _f(r["server_cpu_util"], 2), _f(r["server_cpu_ms_per_image"], 2),
+        _f(r["wrk_cpu_util"], 2), _f(r["other_cpu_util"], 2), _mib(memory.get("vm_hwm_kib")),
+    ]  # fmt: skip
+
+
+BATCH_HEADER = ("batch", "call median ms", "images/s", "CPU ms/image")
+
+
+def _batch_rows(by_batch: dict[str, Any]) -> list[list[object]]:
+    return [
+        [b, _f(row["median_ms"], 2), _f(row["images_per_s"]), _f(row.get("cpu_ms_per_image"), 2)]
+        for b, row in by_batch.items()
+    ]
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    meta = results["meta"]
+    model = meta["model"]
+    pin = meta["wrk_cpu_pin"]
+    before, after = meta["training_processes_before"], meta.get("training_processes_after", [])
+    return [
+        f"# Benchmark run {meta['started_utc']}",
+        "",
+        f"- Command: `{meta['command']}` (elapsed {meta.get('elapsed_s', 0):.0f} s)",
+        f"- Model: `{model['name']}` version {model['version']} (the store's default)",
+        f"- Machine: {meta['machine']['cpus']} CPUs, {meta['machine']['cpu_model']}",
+        f"- Load: {meta['wrk']}, 1 thread, one connection per concurrent client, "
+        f"{meta['duration_s']:.0f} s measured after {meta['warmup_s']:.0f} s warm-up per point; "
+        + (f"wrk pinned to CPU {pin}" if pin is not None else "wrk not pinned"),
+        f"- Request: `{meta['image']}` (real C-NMC 450x450 24-bit BMP) as a raw `image/bmp` "
+        "body, or as one multipart `files` part",
+        f"- Load average before: {' '.join(meta['loadavg_before'])}; "
+        f"`python -m training` processes before: {len(before)}, after: {len(after)}",
+    ]
+
+
+TARGET_NAMES = {
+    "c32_service_over_naive": "c=32: service >= 10x naive images/s, zero errors",
+    "c64_service_over_ceiling": "c=64: service >= 60% of the in-process ceiling",
+    "c1_p50_ms": "c=1: p50 latency < 10 ms",
+}
+
+
+def _targets(comparison: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, target in comparison["targets"].items():
+        value = target["value"]
+        if key == "c32_service_over_naive":
+            shown = f"{value:.1f}x, {target['errors']} errors"
+        elif key == "c64_service_over_ceiling":
+            shown = f"{100 * value:.0f}%"
+        else:
+            shown = f"{value:.2f} ms"
+        rows.append([TARGET_NAMES[key], shown, "yes" if target["met"] else "NO"])
+    return ["## Targets", "", *_table(["target", "measured", "met"], rows)]
+
+
+def _comparison(comparison: dict[str, Any]) -> list[str]:
+    rows = []
+    for c, row in comparison["by_concurrency"].items():
+        over_ceiling = row.get("service_over_ceiling")
+        rows.append([
+            c, _f(row.get("service_images_per_s")), _f(row.get("naive_images_per_s")),
+            _f(row.get("service_over_naive")) + "x",
+            _f(100 * over_ceiling if over_ceiling is not None else None, 0) + "%",
+        ])  # fmt: skip
+    header = ["conc.", "service images/s", "naive images/s", "service / naive", "service / ceiling"]
+    return [
+        "## Service vs naive vs ceiling (raw image/bmp body)",
+        "",
+        "Ceiling: the exported signature called in-process on decoded images at its best batch: "
+        f"{_f(comparison['ceiling_images_per_s'])} images/s.",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def _ceiling_section(results: dict[str, Any]) -> list[str]:
+    ceiling = results.get("ceiling")
+    if not ceiling:
+        return []
+    pre, sig = ceiling["preprocessing"], ceiling["signature"]
+
+    def step(name: str, m: dict[str, float], digits: int = 3) -> list[object]:
+        return [name, _f(m["median_ms"], digits), _f(m["cpu_ms_per_image"], digits)]
+
+    best = sig["by_batch"][str(sig["best_batch"])]
+    steps: list[list[object]] = [
+        step("PIL decode BMP to RGB uint8", pre["decode_pil"]),
+        step("resize to model input, tf.image.resize (as in the model)", pre["resize_tf_bilinear"]),
+        step("resize with PIL bilinear (for comparison)", pre["resize_pil_bilinear"]),
+        step("Keras `model.predict`, one image (naive path)", ceiling["keras_predict_batch1"], 2),
+        step("exported signature, one image (compiled call)", sig["by_batch"]["1"], 2),
+        [f"exported signature per image at best batch {sig['best_batch']}",
+         _f(best["median_ms"] / sig["best_batch"], 2), _f(best["cpu_ms_per_image"], 2)],
+    ]  # fmt: skip
+    lines = [
+        "## In-process ceiling and per-image costs (no HTTP)",
+        "",
+        f"TensorFlow {ceiling['tensorflow']}, threading {ceiling['threads']}; peak RSS of the "
+        f"ceiling process {_mib(ceiling['vm_hwm_kib_before_tflite'])} MiB.",
+        "",
+        *_table(["step (one 450x450 image)", "median ms", "CPU ms"], steps),
+        "",
+        *_table(BATCH_HEADER, _batch_rows(sig["by_batch"])),
+    ]  # fmt: skip
+    tflite = ceiling.get("tflite")
+    if tflite and "by_batch" in tflite:
+        lines += [
+            "",
+            f"TensorFlow Lite conversion of the same SavedModel ({tflite['flatbuffer_bytes']} "
+            f"bytes, converted in {tflite['convert_s']:.1f} s, XNNPACK): best "
+            f"{_f(tflite['best_images_per_s'])} images/s at batch {tflite['best_batch']}, vs "
+            f"{_f(sig['best_images_per_s'])} for the SavedModel.",
+            "",
+            *_table(("TFLite batch", *BATCH_HEADER[1:]), _batch_rows(tflite["by_batch"])),
+        ]  # fmt: skip
+    elif tflite:
+        lines += ["", f"TensorFlow Lite conversion failed: {tflite.get('error')}"]
+    return lines
+
+
+def _histograms(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in results.get("runs", []):
+        if r["target"] == "service" and r.get("server_histograms"):
+            parts = [
+                f"`{key}` {v['mean']:.4g} (n={v['count']:.0f})"
+                for key, v in sorted(r["server_histograms"].items())
+            ]
+            lines.append(f"- {r['body']} c={r['concurrency']}: " + "; ".join(parts))
+    if not lines:
+        return []
+    return ["## The service's own histograms over each run (mean per observation)", "", *lines]
+
+
+def _sweep(results: dict[str, Any]) -> list[str]:
+    sweep = results.get("sweep")
+    if not sweep:
+        return []
+    rows: list[list[object]] = []
+    for variant in sweep:
+        if "error" in variant:
+            rows.append([variant["variant"], "-", "failed: " + variant["error"][:80]] + [""] * 5)
+            continue
+        for r in variant["runs"]:
+            rows.append([
+                variant["variant"], r["concurrency"], _f(r["images_per_s"]),
+                _f(r["latency_ms"]["p50"]), _f(r["latency_ms"]["p99"]), r["errors"],
+                _f(r["server_cpu_util"], 2), _mib(variant["memory_end"]["vm_hwm_kib"]),
+            ])  # fmt: skip
+    header = ["variant", "conc.", "images/s", "p50 ms", "p99 ms", "errors", "server CPU (cores)",
+              "peak RSS MiB"]  # fmt: skip
+    return ["## Settings sweep (service restarted per variant)", "", *_table(header, rows)]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    comparison = results.get("comparison") or compare(results)
+    runs = [_run_row(results, r) for r in results.get("runs", [])]
+    sections = [
+        _header(results),
+        _targets(comparison),
+        _comparison(comparison),
+        [
+            "## All load runs",
+            "",
+            "CPU columns: cores busy on average over the measured window (2.0 = both cores here); "
+            "'other' is everything on the machine that is neither the server nor wrk (e.g. a "
+            "training job). 'Little mean' is connections / throughput, the true mean time in the "
+            "system: wrk's percentiles only count requests that completed inside the window. "
+            "Peak RSS is VmHWM summed over the server's process tree.",
+            "",
+            *_table(RUN_HEADER, runs),
+        ],
+        _ceiling_section(results),
+        _histograms(results),
+        _sweep(results),
+    ]
+    if results.get("failures"):
+        sections.append(
+            ["## Failures", ""] + [f"- {k}: {v}" for k, v in results["failures"].items()]
+        )
+    return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.8))
+    styles = {"service": ("tab:blue", "o"), "naive": ("tab:red", "s")}
+    for target, (colour, marker) in styles.items():
+        runs = sorted(
+            (r for r in results.get("runs", []) if r["target"] == target and r["body"] == "raw"),
+            key=lambda r: int(r["concurrency"]),
+        )
+        if not runs:
+            continue
+        cs = [r["concurrency"] for r in runs]
+        ax_tp.plot(cs, [r["images_per_s"] for r in runs], marker=marker, color=colour, label=target)
+        for pct, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
+            values = [r["latency_ms"][pct] for r in runs]
+            ax_lat.plot(cs, values, style, marker=marker, color=colour, label=f"{target} {pct}")
+    ceiling = ceiling_images_per_s(results)
+    if ceiling:
+        label = f"in-process ceiling ({ceiling:.0f}/s)"
+        ax_tp.axhline(ceiling, color="tab:green", linestyle="--", label=label)
+        ax_tp.axhline(0.6 * ceiling, color="tab:green", linestyle=":", label="60% of ceiling")
+    for ax in (ax_tp, ax_lat):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32, 64], labels=["1", "8", "32", "64"])
+        ax.set_xlabel("concurrent connections (wrk -c)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_tp.set_ylabel("images/s (HTTP 200 only)")
+    ax_tp.set_title("Throughput")
+    ax_tp.legend(fontsize=8)
+    ax_lat.set_ylabel("latency ms (wrk, completed requests)")
+    ax_lat.set_title("Latency percentiles")
+    ax_lat.legend(fontsize=7, ncol=2)
+    meta = results["meta"]
+    model = meta["model"]
+    fig.suptitle(
+        f"{model['name']} v{model['version']}, 450x450 BMP, {meta['machine']['cpus']} CPUs, "
+        f"run {meta['started_utc']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,435 @@
+"""One benchmark run: the service as shipped, the naive baseline and the in-process ceiling.
+
+    python -m bench                      # full run, writes bench/results/<UTC timestamp>/
+    python -m bench --out bench/results/latest --sweep
+
+See bench/README.md for what is measured and how to read the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.load import RequestBody, make_bodies, run_wrk, summarise
+from bench.servers import HOST, ServerProcess, free_port, running
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = REPO / "tests" / "data" / "cnmc_bmp" / "UID_51_101_1_all.bmp"
+CLASSIFY_PATH = "/v1/classify"
+
+
+def resolve_default_model(store: Path) -> tuple[str, int, Path]:
+    """The model the service serves by default: <store>/DEFAULT, its highest integer version."""
+    default_file = store / "DEFAULT"
+    if default_file.exists():
+        name = default_file.read_text().strip()
+    else:
+        models = sorted(
+            p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if len(models) != 1:
+            raise SystemExit(f"{store} has no DEFAULT and {len(models)} models; pass --model-dir")
+        name = models[0]
+    versions = [
+        int(p.name)
+        for p in (store / name).iterdir()
+        if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").exists()
+    ]
+    if not versions:
+        raise SystemExit(f"no version of {name} in {store}")
+    version = max(versions)
+    return name, version, store / name / str(version)
+
+
+def system_cpu_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def training_processes() -> list[str]:
+    result = subprocess.run(
+        ["pgrep", "-af", "python -m training"], capture_output=True, text=True, check=False
+    )
+    return [line for line in result.stdout.splitlines() if "pgrep" not in line]
+
+
+def parse_histograms(text: str | None) -> dict[str, float]:
+    """``*_sum`` and ``*_count`` samples of a Prometheus text page, keyed by name+labels."""
+    samples: dict[str, float] = {}
+    for line in (text or "").splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, _, value = line.rpartition(" ")
+        name = key.split("{", 1)[0]
+        if name.endswith(("_sum", "_count")) and not name.startswith(("python_", "process_")):
+            try:
+                samples[key] = float(value)
+            except ValueError:
+                continue
+    return samples
+
+
+def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Per-histogram mean over the run (delta sum / delta count), for those that moved."""
+    means: dict[str, Any] = {}
+    for key, count_after in after.items():
+        if not key.split("{", 1)[0].endswith("_count"):
+            continue
+        count = count_after - before.get(key, 0.0)
+        sum_key = key.replace("_count", "_sum", 1)
+        if count > 0 and sum_key in after:
+            total = after[sum_key] - before.get(sum_key, 0.0)
+            means[key.replace("_count", "", 1)] = {"count": count, "mean": total / count}
+    return means
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.bodies = make_bodies(Path(args.image), out)
+
+    def load(self, server: ServerProcess, body: RequestBody, concurrency: int) -> dict[str, Any]:
+        """Warm up, then one measured wrk run with the server's CPU and the machine's CPU."""
+        url = server.base_url + CLASSIFY_PATH
+        args = self.args
+        if args.warmup > 0:
+            run_wrk(url, body, concurrency, args.warmup, args.max_requests, cpu=args.wrk_cpu)
+        metrics_before = parse_histograms(server.get_text("/metrics"))
+        server_cpu0, machine_cpu0, t0 = server.cpu_seconds(), system_cpu_busy_s(), time.monotonic()
+        raw = run_wrk(url, body, concurrency, args.duration, args.max_requests, cpu=args.wrk_cpu)
+        wall = time.monotonic() - t0
+        server_cpu = server.cpu_seconds() - server_cpu0
+        machine_cpu = system_cpu_busy_s() - machine_cpu0
+        metrics_after = parse_histograms(server.get_text("/metrics"))
+        summary = summarise(raw, concurrency)
+        wrk_cpu = summary["wrk_cpu_s"] or 0.0
+        summary.update(
+            target=server.name,
+            body=body.kind,
+            concurrency=concurrency,
+            server_cpu_s=server_cpu,
+            server_cpu_util=server_cpu / wall,  # 1.0 = one core busy; 2.0 = both cores here
+            server_cpu_ms_per_image=1000 * server_cpu / summary["ok"] if summary["ok"] else None,
+            wrk_cpu_util=wrk_cpu / wall,
+            other_cpu_util=max(0.0, machine_cpu - server_cpu - wrk_cpu) / wall,
+            server_histograms=histogram_means(metrics_before, metrics_after),
+        )
+        latency = summary["latency_ms"]
+        print(
+            f"  {server.name:<10} {body.kind:<9} c={concurrency:<3} "
+            f"{summary['images_per_s']:8.1f} img/s  p50 {latency['p50']:8.1f} ms  "
+            f"p99 {latency['p99']:8.1f} ms  errors {summary['errors']}  "
+            f"server CPU {server_cpu / wall:.2f} cores  other {summary['other_cpu_util']:.2f}",
+            flush=True,
+        )
+        return summary
+
+    def serve_and_load(
+        self, server: ServerProcess, plan: list[tuple[str, int]]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        runs = []
+        with running(server):
+            startup_s = server.start()
+            print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
+            idle = server.memory()
+            for body_kind, concurrency in plan:
+                runs.append(self.load(server, self.bodies[body_kind], concurrency))
+            info = {
+                "command": server.command,
+                "env": dict(server.env),
+                "startup_s": startup_s,
+                "memory_ready": idle,
+                "memory_end": server.memory(),
+            }
+        return info, runs
+
+
+def service_server(
+    out: Path,
+    store: Path,
+    env: dict[str, str] | None = None,
+    name: str = "service",
+    command: list[str] | None = None,
+) -> ServerProcess:
+    port = free_port()
+    base_env = {"LEUK_HOST": HOST, "LEUK_PORT": str(port), "LEUK_MODEL_STORE": str(store)}
+    if command is None:
+        if (REPO / "app" / "__main__.py").exists():
+            command = [sys.executable, "-m", "app"]
+        else:
+            command = _uvicorn("app.main:create_app", port)
+    else:
+        command = [part.replace("{port}", str(port)) for part in command]
+    return ServerProcess(name, command, {**base_env, **(env or {})}, port, out / f"{name}.log")
+
+
+def _uvicorn(factory: str, port: int) -> list[str]:
+    # Access logs off for the benchmark-only apps: their cost would only flatter the service.
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def naive_server(out: Path, model_dir: Path) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(
+        "naive",
+        _uvicorn("bench.naive_app:create_app", port),
+        {"NAIVE_MODEL_DIR": str(model_dir)},
+        port,
+        out / "naive.log",
+    )
+
+
+def floor_server(out: Path) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(
+        "http-floor",
+        _uvicorn("bench.http_floor_app:create_app", port),
+        {},
+        port,
+        out / "http-floor.log",
+    )
+
+
+def run_ceiling(args: argparse.Namespace, model_dir: Path, out: Path) -> dict[str, Any]:
+    path = out / "ceiling.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.ceiling",
+        "--model-dir",
+        str(model_dir),
+        "--image",
+        str(args.image),
+        "--out",
+        str(path),
+        "--seconds",
+        str(args.ceiling_seconds),
+    ]
+    if not args.no_tflite:
+        command.append("--tflite")
+    print("ceiling: in-process measurements ...", flush=True)
+    with (out / "ceiling.log").open("wb") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    result: dict[str, Any] = json.loads(path.read_text())
+    sig = result["signature"]
+    print(
+        f"  ceiling {sig['best_images_per_s']:.1f} img/s at batch {sig['best_batch']}; "
+        f"batch-1 call {sig['by_batch']['1']['median_ms']:.2f} ms; "
+        f"keras predict {result['keras_predict_batch1']['median_ms']:.1f} ms",
+        flush=True,
+    )
+    return result
+
+
+# Settings tried by --sweep: each is one service restart with these environment variables.
+SWEEP_VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("defaults", {}),
+    ("batch 8", {"LEUK_MAX_BATCH_SIZE": "8"}),
+    ("batch 32", {"LEUK_MAX_BATCH_SIZE": "32"}),
+    ("batch 64", {"LEUK_MAX_BATCH_SIZE": "64"}),
+    ("wait 0 ms", {"LEUK_MAX_BATCH_WAIT_MS": "0"}),
+    ("wait 10 ms", {"LEUK_MAX_BATCH_WAIT_MS": "10"}),
+    ("intra 1 inter 1", {"LEUK_TF_INTRA_OP_THREADS": "1", "LEUK_TF_INTER_OP_THREADS": "1"}),
+    ("intra 2 inter 1", {"LEUK_TF_INTRA_OP_THREADS": "2", "LEUK_TF_INTER_OP_THREADS": "1"}),
+    ("oneDNN off", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+]
+SWEEP_WORKERS_2 = (
+    "2 uvicorn workers",
+    [
+        "{python}",
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--host",
+        HOST,
+        "--port",
+        "{port}",
+        "--workers",
+        "2",
+    ],
+)
+
+
+def run_sweep(bench: Bench, store: Path, out: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    plan = [("raw", c) for c in bench.args.sweep_concurrency]
+    variants: list[tuple[str, dict[str, str], list[str] | None]] = [
+        (label, env, None) for label, env in SWEEP_VARIANTS
+    ]
+    workers_label, workers_command = SWEEP_WORKERS_2
+    workers_command = [p.replace("{python}", sys.executable) for p in workers_command]
+    variants.append((workers_label, {}, workers_command))
+    for label, env, command in variants:
+        print(f"sweep: {label}", flush=True)
+        server = service_server(out, store, env, name="service", command=command)
+        server.log_path = out / f"sweep-{label.replace(' ', '_')}.log"
+        try:
+            info, runs = bench.serve_and_load(server, plan)
+        except (RuntimeError, TimeoutError) as exc:
+            rows.append({"variant": label, "env": env, "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "variant": label,
+                "env": env,
+                "command": info["command"],
+                "memory_end": info["memory_end"],
+                "runs": runs,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Benchmark the service against the naive way and the model's own limit."
+    )
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default bench/results/<UTC timestamp>)"
+    )
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured load")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of unmeasured load first"
+    )
+    parser.add_argument("--max-requests", type=int, default=50_000, help="cap per wrk run")
+    parser.add_argument("--wrk-cpu", type=int, default=None, help="pin wrk to this core (taskset)")
+    parser.add_argument("--ceiling-seconds", type=float, default=1.5)
+    parser.add_argument("--no-tflite", action="store_true")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["naive", "floor", "ceiling", "multipart"]
+    )
+    parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
+    parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 32, 64])
+    args = parser.parse_args(argv)
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or REPO / "bench" / "results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    store = args.model_store.resolve()
+    name, version, model_dir = resolve_default_model(store)
+    print(f"model: {name} v{version} ({model_dir})", flush=True)
+
+    started = time.monotonic()
+    bench = Bench(args, out)
+    results: dict[str, Any] = {
+        "meta": {
+            "started_utc": stamp,
+            "command": " ".join(
+                [Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])]
+            ),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "cpu_model": _cpu_model(),
+                "platform": platform.platform(),
+            },
+            "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+            "training_processes_before": training_processes(),
+            "wrk": _wrk_version(),
+            "wrk_threads": 1,
+            "wrk_cpu_pin": args.wrk_cpu,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "image": str(Path(args.image).resolve().relative_to(REPO))
+            if Path(args.image).resolve().is_relative_to(REPO)
+            else str(args.image),
+            "model": {"name": name, "version": version, "dir": str(model_dir)},
+        },
+        "servers": {},
+        "runs": [],
+    }
+
+    def step(label: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            print(f"{label} FAILED: {exc}", flush=True)
+            results.setdefault("failures", {})[label] = str(exc)
+
+    if "ceiling" not in args.skip:
+        step("ceiling", lambda: results.__setitem__("ceiling", run_ceiling(args, model_dir, out)))
+
+    def serve(server: ServerProcess, plan: list[tuple[str, int]]) -> None:
+        info, runs = bench.serve_and_load(server, plan)
+        results["servers"][server.name] = info
+        results["runs"] += runs
+
+    service_plan = [("raw", c) for c in args.concurrency]
+    if "multipart" not in args.skip:
+        service_plan += [("multipart", c) for c in (1, 32)]
+    step("service", lambda: serve(service_server(out, store), service_plan))
+    if "naive" not in args.skip:
+        step(
+            "naive",
+            lambda: serve(naive_server(out, model_dir), [("raw", c) for c in args.concurrency]),
+        )
+    if "floor" not in args.skip:
+        step(
+            "http-floor",
+            lambda: serve(floor_server(out), [("raw", 1), ("raw", 32), ("multipart", 32)]),
+        )
+    if args.sweep:
+        results["sweep"] = run_sweep(bench, store, out)
+
+    results["meta"]["training_processes_after"] = training_processes()
+    results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["meta"]["elapsed_s"] = time.monotonic() - started
+    results["comparison"] = report.compare(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(report.markdown(results))
+    report.plot(results, out / "results.png")
+    for body in bench.bodies.values():
+        body.path.unlink(missing_ok=True)
+    print(
+        f"wrote {out}/results.json, results.md, results.png in {results['meta']['elapsed_s']:.0f} s"
+    )
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _wrk_version() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return "missing"
+    result = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    return (
+        (result.stdout or result.stderr).splitlines()[0]
+        if (result.stdout or result.stderr)
+        else "?"
+    )
