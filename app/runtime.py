@@ -70,3 +70,27 @@ class SavedModelRuntime:
         if probabilities.shape != (images.shape[0], self._n_labels):
             raise ValueError(f"model returned shape {probabilities.shape}")
         return probabilities
+
+
+def tune_malloc() -> bool:
+    """Keep large per-request buffers in glibc's heap instead of fresh mmaps.
+
+    A 450x450 RGB image is ~600 KB, above glibc's default mmap threshold, so every decode
+    mmaps and page-faults new memory: measured 4.4 ms -> ~1 ms per BMP decode with these
+    thresholds. Same effect as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ in the
+    environment. No-op (False) where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok_mmap = libc.mallopt(m_mmap_threshold, 32 << 20)
+        ok_trim = libc.mallopt(m_trim_threshold, 128 << 20)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok_mmap and ok_trim)

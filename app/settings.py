@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     tf_inter_op_threads: int = Field(
         default=0, ge=0, description="TensorFlow inter-op threads (0: TensorFlow's default)."
     )
+    tune_malloc: bool = Field(
+        default=True,
+        description="Raise glibc's mmap/trim thresholds at startup so image buffers are reused "
+        "(cuts a 450x450 BMP decode from ~4 ms to ~1 ms).",
+    )
     host: str = Field(default="127.0.0.1", description="Bind address for `python -m app`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port for `python -m app`.")
 
