@@ -72,6 +72,10 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}x"
+
+
 def _mib(kib: int | None) -> str:
     return "n/a" if not kib else f"{kib / 1024:.0f}"
 
@@ -159,8 +163,8 @@ def _comparison(comparison: dict[str, Any]) -> list[str]:
         over_ceiling = row.get("service_over_ceiling")
         rows.append([
             c, _f(row.get("service_images_per_s")), _f(row.get("naive_images_per_s")),
-            _f(row.get("service_over_naive")) + "x",
-            _f(100 * over_ceiling if over_ceiling is not None else None, 0) + "%",
+            _ratio(row.get("service_over_naive")),
+            "n/a" if over_ceiling is None else f"{100 * over_ceiling:.0f}%",
         ])  # fmt: skip
     header = ["conc.", "service images/s", "naive images/s", "service / naive", "service / ceiling"]
     return [

@@ -428,8 +428,5 @@ def _wrk_version() -> str:
     if wrk is None:
         return "missing"
     result = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
-    return (
-        (result.stdout or result.stderr).splitlines()[0]
-        if (result.stdout or result.stderr)
-        else "?"
-    )
+    words = (result.stdout or result.stderr).split()
+    return f"wrk {words[1]}" if len(words) > 1 else "wrk"
