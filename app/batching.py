@@ -14,6 +14,7 @@ equivalence of batched and single results is measured in tests/app/test_batching
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -162,7 +163,8 @@ class Batcher:
                     item.future.set_exception(exc)
                 continue
             seconds = time.perf_counter() - started
+            if self._observer is not None:  # before the results: metrics never lag responses
+                with contextlib.suppress(Exception):  # metrics must never fail a request
+                    self._observer(model, len(batch), waits, seconds)
             for row, item in enumerate(batch):
                 item.future.set_result(probabilities[row])
-            if self._observer is not None:
-                self._observer(model, len(batch), waits, seconds)
