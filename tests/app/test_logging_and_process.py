@@ -1,0 +1,136 @@
+"""JSON access logs, 500s in the error shape, and `python -m app` serving over a real socket."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.logging import LOGGER_NAME, JsonFormatter
+from tests.app.conftest import CNMC_PNGS, REPO
+
+PNG = CNMC_PNGS[0].read_bytes()
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Everything the service logs during the test, as written (JSON lines)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
+@pytest.mark.anyio
+async def test_access_log_is_json_with_request_id_and_no_image_data(
+    client: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
+    secret_name = "UID_51_patient-Jane-Doe.png"
+    await client.post(
+        "/v1/classify",
+        files={"files": (secret_name, PNG, "image/png")},
+        headers={"x-request-id": "log-test-1"},
+    )
+    await client.post("/v1/classify", content=b"junk", headers={"content-type": "image/png"})
+    text = log_stream.getvalue()
+    entries = [json.loads(line) for line in text.splitlines()]
+    access = [e for e in entries if e.get("event") == "request"]
+    ok = next(e for e in access if e.get("request_id") == "log-test-1")
+    assert ok["route"] == "/v1/classify" and ok["status"] == 200 and ok["outcome"] == "ok"
+    assert ok["latency_ms"] > 0 and ok["n_images"] == 1
+    bad = access[-1]
+    assert bad["status"] == 422 and bad["outcome"] == "invalid_image"
+    assert "Jane" not in text and "patient" not in text
+    assert PNG[:64].hex() not in text and "junk" not in text
+
+
+@pytest.mark.anyio
+async def test_unexpected_failure_is_a_500_in_the_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    app = client.app  # type: ignore[attr-defined]
+    loaded = app.state.dataplane.served_default()
+
+    class Exploding:
+        def predict(self, images: object) -> object:
+            raise RuntimeError("boom")
+
+    original = loaded.runtime
+    loaded.runtime = Exploding()
+    try:
+        response = await client.post(
+            "/v1/classify",
+            content=PNG,
+            headers={"content-type": "image/png", "x-request-id": "r500"},
+        )
+    finally:
+        loaded.runtime = original
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "detail": "Internal server error.",
+            "request_id": "r500",
+        }
+    }
+    assert response.headers["x-request-id"] == "r500"
+    again = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
+    assert again.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_python_m_app_serves_on_localhost(tiny_store: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LEUK_MODEL_STORE": str(tiny_store),
+        "LEUK_PORT": str(port),
+        "LEUK_WARMUP_BATCH_SIZES": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            while True:
+                assert process.poll() is None, "server exited"
+                try:
+                    if http.get("/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "not ready in time"
+                time.sleep(0.1)
+            response = http.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
+            assert response.status_code == 200
+            assert response.json()["model"] == "tiny"
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("{")]
+    events = [json.loads(line)["event"] for line in lines]
+    assert "ready" in events and "request" in events
