@@ -7,21 +7,24 @@
 # On a machine that can pull it, pin the digest too: --build-arg BASE_IMAGE=python:...@sha256:...
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- requirements: the pinned runtime dependencies, read from pyproject.toml ----
-# A stage of its own so that editing other parts of pyproject.toml (dev extras, tool
-# settings) leaves requirements.txt, and so the cached venv layer below, unchanged.
+# ---- requirements: the locked runtime dependencies, checked against pyproject.toml ----
+# docker/requirements-cpu.lock pins every package (transitive ones too); the build fails
+# if it no longer matches pyproject.toml's pins (fix: `make docker-lock`). A stage of its own,
+# so that editing other parts of pyproject.toml leaves the cached venv layer below valid.
 FROM ${BASE_IMAGE} AS requirements
 WORKDIR /build
-COPY pyproject.toml docker/runtime_requirements.py ./
-RUN python3 runtime_requirements.py pyproject.toml > requirements.txt
+COPY pyproject.toml docker/runtime_requirements.py docker/requirements-cpu.lock ./
+RUN python3 runtime_requirements.py pyproject.toml \
+        --lock requirements-cpu.lock > requirements.txt
 
-# ---- builder: a virtual environment with exactly those requirements ----
+# ---- builder: a virtual environment with exactly the locked packages ----
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=requirements /build/requirements.txt /build/requirements.txt
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --requirement /build/requirements.txt \
+    && /opt/venv/bin/pip install --no-deps --requirement /build/requirements.txt \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     # C++ headers and libclang only serve building custom ops; never used when serving (~350 MB).
     && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include \

