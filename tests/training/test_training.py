@@ -1,0 +1,168 @@
+"""Data parsing, subject splits, a short real training run, export and its serving signature."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from training import export as export_module
+from training.data import decode_rgb, discover, load_images, parse_subject_id
+from training.evaluate import choose_threshold, classification_metrics
+from training.export import next_version
+from training.models import make_model, make_paper_model
+from training.pipeline import train_and_export
+from training.splits import cv_splits, final_split, subject_table
+from training.train import TrainConfig, predict_p_all, train_model
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "cnmc_real"
+TINY_CONFIG = TrainConfig(
+    architecture="improved", input_size=32, crop_fraction=0.9, epochs=2, batch_size=8, seed=1
+)
+
+
+def test_parse_subject_ids() -> None:
+    assert parse_subject_id("UID_11_1_1_all.bmp") == "UID_11"
+    assert parse_subject_id("UID_H10_100_1_hem.png") == "UID_H10"
+    assert parse_subject_id("UID_h3_1_1_hem.bmp") == "UID_H3"
+    assert parse_subject_id("1.bmp") is None
+
+
+def test_real_images_are_parsed() -> None:
+    ds = discover(REAL)
+    assert ds.problems == []
+    assert ds.counts() == {"hem": 6, "all": 6}
+    subjects = ds.subjects()
+    assert subjects["UID_H3"] == "hem" and subjects["UID_51"] == "all"
+    assert len(subjects) == 12
+
+
+def test_tiny_dataset_dedupe_problems_and_prelim(cnmc_tiny: Path, tmp_path: Path) -> None:
+    images = load_images(cnmc_tiny, 32, 1.0, cache_dir=tmp_path)
+    reasons = {Path(p.path).name: p.reason for p in images.problems}
+    assert reasons["UID_H1_50_1_hem.bmp"].startswith("unreadable image")
+    assert reasons["notes.txt"] == "unexpected file type"
+    assert images.duplicates == [
+        (
+            "training_data/fold_1/all/UID_2_99_1_all.png",
+            "training_data/fold_0/all/UID_1_1_1_all.bmp",
+        )
+    ]
+    n_generated = 6 + 5 + 4 + 4 + 8 + 6 + 3 + 4  # generated cells + prelim; dup and junk out
+    assert len(images.labels) == n_generated
+    assert {"UID_57", "UID_H49", "UID_H3"} <= set(images.subjects.tolist())
+    assert images.pixels.shape[1:] == (32, 32, 3) and images.pixels.dtype == np.uint8
+    again = load_images(cnmc_tiny, 32, 1.0, cache_dir=tmp_path)  # from the cache file
+    assert np.array_equal(again.pixels, images.pixels)
+    assert again.duplicates == images.duplicates and again.manifest_sha256 == images.manifest_sha256
+
+
+def test_splits_are_subject_disjoint_and_cover_every_subject(cnmc_tiny: Path) -> None:
+    images = load_images(cnmc_tiny, 16, 1.0)
+    table = subject_table(images.subjects, images.labels)
+    folds = cv_splits(table)
+    assert len(folds) == 3
+    held_out = [s for f in folds for s in f.test]
+    assert sorted(held_out) == sorted(table)  # each subject is a test subject exactly once
+    for split in [*folds, final_split(table)]:
+        roles = [set(split.train), set(split.validation), set(split.test)]
+        assert not (roles[0] & roles[1] or roles[0] & roles[2] or roles[1] & roles[2])
+        assert set().union(*roles) == set(table)
+        for role in ("train", "validation"):
+            assert {table[s][0] for s in getattr(split, role)} == {"hem", "all"}
+
+
+def test_threshold_and_metrics_use_all_as_positive() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.7, 0.6, 0.8, 0.9])
+    t = choose_threshold(y, p)
+    m = classification_metrics(y, p, t)
+    assert m["confusion_matrix"]["rows_true_cols_pred"][1] == [
+        m["n_per_class"]["all"] - round(m["sensitivity"] * 3),
+        round(m["sensitivity"] * 3),
+    ]
+    assert m["balanced_accuracy"] == pytest.approx(5 / 6)
+    assert m["roc_auc"] == pytest.approx(8 / 9)
+
+
+def test_paper_model_matches_the_seed_architecture() -> None:
+    model = make_paper_model()
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [16, 32, 16, 32, 16]
+    assert all(c.kernel_size == (3, 3) and c.padding == "valid" for c in convs)
+    assert model.output_shape == (None, 1)
+    assert model.layers[-2].units == 256
+
+
+def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    summary = train_and_export(
+        TINY_CONFIG, cnmc_tiny, tmp_path / "cache", tmp_path / "run", store, "tiny-cnn", do_cv=True
+    )
+    version_dir = Path(summary["exported"])
+    assert version_dir == store / "tiny-cnn" / "1"
+    card = json.loads((version_dir / "model_card.json").read_text())
+    assert card["labels"] == ["hem", "all"] and card["positive_label"] == "all"
+    assert 0.0 <= card["threshold"] <= 1.0
+    assert card["training"]["config"] == TINY_CONFIG.to_dict()
+    assert card["data"]["duplicates_dropped"] == 1
+    assert len(card["metrics"]["cross_validation"]["folds"]) == 3
+    assert "NOT this model's own test set" in card["metrics"]["test"]["what"]
+    for rel, digest in card["files"].items():
+        import hashlib
+
+        assert hashlib.sha256((version_dir / rel).read_bytes()).hexdigest() == digest
+    assert "saved_model.pb" in card["files"]
+    run_config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert TrainConfig.from_dict(run_config["config"]) == TINY_CONFIG
+
+    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    odd = serve(images=tf.zeros([2, 70, 50, 3], tf.uint8))["probabilities"]  # any HxW
+    assert odd.shape == (2, 2)
+
+
+def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path: Path) -> None:
+    images = load_images(cnmc_tiny, 32, 0.9)
+    config = dataclasses.replace(TINY_CONFIG, epochs=1)
+    result = train_model(config, images, images)
+    out = export_module.export_version(
+        result.model, tmp_path, 32, 0.9, lambda v, f: {"version": v, "files": f}
+    )
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    first = images.subset(np.arange(len(images.labels)) < 6)
+    raw = np.stack([decode_rgb(cnmc_tiny / p) for p in first.paths])  # original 48x48 files
+    probs = serve(images=tf.constant(raw))["probabilities"].numpy()
+    assert probs.shape == (6, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # Resize happens inside the signature and equals the training cache bit for bit, so the
+    # probabilities match the Keras model applied to the cached pixels.
+    np.testing.assert_allclose(probs[:, 1], predict_p_all(result.model, first), atol=1e-5)
+
+
+def test_versions_increment_and_failed_export_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(TINY_CONFIG.spec)
+    store = tmp_path / "store"
+
+    def card(version: int, files: dict[str, str]) -> dict[str, object]:
+        return {"version": version, "files": files}
+
+    first = export_module.export_version(model, store, 32, 1.0, card)
+    (store / ".tmp-stale").mkdir()  # a crashed writer's leftover is not a version
+    (store / "notes").mkdir()
+    second = export_module.export_version(model, store, 32, 1.0, card)
+    assert (first.name, second.name) == ("1", "2")
+    assert next_version(store) == 3
+
+    def broken(folder: Path) -> dict[str, str]:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "sha256_files", broken)
+    with pytest.raises(OSError):
+        export_module.export_version(model, store, 32, 1.0, card)
+    assert sorted(p.name for p in store.iterdir()) == [".tmp-stale", "1", "2", "notes"]

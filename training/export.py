@@ -1,0 +1,169 @@
+"""Export a trained model as a versioned SavedModel with its model card, atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from training.data import LABELS, POSITIVE_LABEL
+from training.preprocess import resize_for_model
+
+CITATION = (
+    "Gupta, A., & Gupta, R. (2019). ALL Challenge dataset of ISBI 2019 [Data set]. "
+    "The Cancer Imaging Archive. https://doi.org/10.7937/tcia.2019.dc64i46r (CC BY 3.0)"
+)
+INTENDED_USE = (
+    "Research and decision-support demonstration on C-NMC-style segmented single "
+    "white-cell images. Not a diagnostic device; not validated for clinical use."
+)
+
+
+class CellClassifier(tf.Module):  # type: ignore[misc]
+    """uint8 images of any size -> [N, 2] probabilities ordered as ``LABELS``."""
+
+    def __init__(self, model: keras.Model, input_size: int, crop_fraction: float) -> None:
+        super().__init__(name="cell_classifier")
+        self.model = model
+        self.input_size = input_size
+        self.crop_fraction = crop_fraction
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = resize_for_model(images, self.input_size, self.crop_fraction)
+        p_all = tf.reshape(self.model(tf.cast(pixels, tf.float32), training=False), [-1])
+        p_all = tf.cast(p_all, tf.float32)
+        return {"probabilities": tf.stack([1.0 - p_all, p_all], axis=1)}
+
+
+def next_version(model_dir: Path) -> int:
+    versions = (
+        [
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and int(p.name) > 0
+        ]
+        if model_dir.is_dir()
+        else []
+    )
+    return max(versions, default=0) + 1
+
+
+def sha256_files(folder: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            out[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def build_card(
+    name: str,
+    version: int,
+    architecture: str,
+    description: str,
+    threshold: float,
+    input_size: int,
+    crop_fraction: float,
+    metrics: dict[str, Any],
+    data: dict[str, Any],
+    training: dict[str, Any],
+    files: dict[str, str],
+) -> dict[str, Any]:
+    crop = (
+        "none"
+        if crop_fraction >= 1.0
+        else f"central square of {crop_fraction:g} x min(height, width), inside the model"
+    )
+    return {
+        "schema_version": 1,
+        "name": name,
+        "version": version,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "architecture": architecture,
+        "description": description,
+        "intended_use": INTENDED_USE,
+        "labels": list(LABELS),
+        "label_descriptions": {
+            "all": "ALL lymphoblast (leukaemic)",
+            "hem": "normal (healthy) B-lymphoid cell",
+        },
+        "positive_label": POSITIVE_LABEL,
+        "threshold": threshold,
+        "input": {
+            "signature": "serving_default",
+            "input_name": "images",
+            "dtype": "uint8",
+            "shape": [None, None, None, 3],
+            "color": "RGB",
+            "model_input_size": [input_size, input_size],
+            "crop": crop,
+            "resize": "bilinear (antialiased), rounded to uint8, inside the model",
+            "scaling": "x/255, inside the model",
+            "expected_image": (
+                "C-NMC-style segmented single white cell on black background, 450x450"
+            ),
+        },
+        "output": {"output_name": "probabilities", "dtype": "float32", "shape": [None, 2]},
+        "metrics": metrics,
+        "data": {
+            "dataset": "C-NMC 2019 (subset in shared/data/cnmc)",
+            "citation": CITATION,
+            **data,
+        },
+        "training": training,
+        "framework": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+        "files": files,
+    }
+
+
+def export_version(
+    model: keras.Model,
+    model_dir: Path | str,
+    input_size: int,
+    crop_fraction: float,
+    make_card: Callable[[int, dict[str, str]], dict[str, Any]],
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
+    """Write ``model_dir/<next integer>/`` via a temporary folder and ``os.rename``.
+
+    ``make_card(version, file_hashes)`` returns the card. On any failure the temporary folder
+    is removed and no integer folder appears.
+    """
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{secrets.token_hex(4)}"
+    try:
+        module = CellClassifier(model, input_size, crop_fraction)
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        files = sha256_files(tmp)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        while True:
+            version = next_version(model_dir)
+            card = make_card(version, files)
+            card["version"] = version
+            (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+            try:
+                os.rename(tmp, model_dir / str(version))  # fails if a writer took this number
+                return model_dir / str(version)
+            except OSError:
+                if not (model_dir / str(version)).exists():
+                    raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

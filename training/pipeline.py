@@ -1,0 +1,282 @@
+"""End-to-end recipe: cache data, cross-validate by subject, train the shipped model, export."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import LABELS, CachedImages, load_images
+from training.evaluate import (
+    choose_threshold,
+    classification_metrics,
+    mean_std,
+    plot_confusion,
+    plot_curves,
+    plot_roc,
+)
+from training.export import build_card, export_version
+from training.splits import Split, cv_splits, final_split, subject_table
+from training.train import TrainConfig, TrainResult, dump_json, predict_p_all, train_model
+
+
+@dataclass
+class FoldOutcome:
+    split: Split
+    threshold: float
+    validation: dict[str, Any]
+    test: dict[str, Any] | None
+    result: TrainResult
+    y_val: np.ndarray
+    p_val: np.ndarray
+    y_test: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    p_test: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def split_counts(images: CachedImages, split: Split) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for role, mask in split.masks(images.subjects).items():
+        labels = images.labels[mask]
+        out[role] = {
+            "subjects": list(getattr(split, role)),
+            "n_images": {lab: int((labels == i).sum()) for i, lab in enumerate(LABELS)},
+        }
+    return out
+
+
+def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOutcome:
+    masks = split.masks(images.subjects)
+    train, val, test = (images.subset(masks[r]) for r in ("train", "validation", "test"))
+    print(
+        f"[{split.name}] train {len(train.labels)} / validation {len(val.labels)} / "
+        f"test {len(test.labels)} images; test subjects: {', '.join(split.test) or '-'}",
+        flush=True,
+    )
+    result = train_model(config, train, val, label=split.name)
+    p_val = predict_p_all(result.model, val)
+    threshold = choose_threshold(val.labels, p_val)
+    outcome = FoldOutcome(
+        split,
+        threshold,
+        classification_metrics(val.labels, p_val, threshold),
+        None,
+        result,
+        val.labels,
+        p_val,
+    )
+    if len(test.labels):
+        outcome.p_test = predict_p_all(result.model, test)
+        outcome.y_test = test.labels
+        outcome.test = classification_metrics(test.labels, outcome.p_test, threshold)
+        print(
+            f"[{split.name}] threshold {threshold:.3f} test balanced acc "
+            f"{outcome.test['balanced_accuracy']:.3f} weighted F1 "
+            f"{outcome.test['weighted_f1']:.3f} AUC {outcome.test['roc_auc']}",
+            flush=True,
+        )
+    return outcome
+
+
+def cross_validate(config: TrainConfig, images: CachedImages, run_dir: Path) -> dict[str, Any]:
+    table = subject_table(images.subjects, images.labels)
+    folds = []
+    outcomes = []
+    for split in cv_splits(
+        table, fraction=config.validation_fraction, max_share=config.validation_max_share
+    ):
+        o = run_split(config, images, split)
+        outcomes.append(o)
+        folds.append(
+            {
+                "fold": split.name,
+                "threshold": o.threshold,
+                "splits": split_counts(images, split),
+                "validation": o.validation,
+                "test": o.test,
+                "selected_epoch": o.result.selected_epoch,
+                "seconds": o.result.seconds,
+                "history": o.result.history,
+            }
+        )
+    fold_tests = [o.test for o in outcomes if o.test is not None]
+    mean, std = mean_std(fold_tests)
+    y = np.concatenate([o.y_test for o in outcomes])
+    p = np.concatenate([o.p_test for o in outcomes])
+    pred = np.concatenate([(o.p_test >= o.threshold).astype(float) for o in outcomes])
+    # Pooled: every image scored by the fold model that never saw its subject, at that fold's
+    # validation-chosen threshold (pred already thresholded, hence threshold 0.5 on 0/1).
+    pooled = classification_metrics(y, pred, 0.5)
+    pooled["roc_auc"] = classification_metrics(y, p, 0.5)["roc_auc"]
+    pooled["threshold"] = "per fold, chosen on that fold's validation subjects"
+    cv = {
+        "scheme": "leave-one-normal-donor-out, subject-grouped (3 folds)",
+        "folds": folds,
+        "mean": mean,
+        "std": std,
+        "pooled_held_out": pooled,
+    }
+    dump_json(cv, run_dir / "cv.json")
+    np.savez(run_dir / "cv_predictions.npz", y=y, p=p, pred=pred)
+    plot_roc(
+        {o.split.name: (o.y_test, o.p_test) for o in outcomes} | {"pooled": (y, p)},
+        run_dir / "cv_roc.png",
+        f"{config.architecture}: held-out subjects (CV)",
+    )
+    plot_confusion(
+        pooled, run_dir / "cv_confusion.png", f"{config.architecture}: pooled CV held-out subjects"
+    )
+    return cv
+
+
+def train_and_export(
+    config: TrainConfig,
+    data_root: Path,
+    cache_dir: Path | None,
+    run_dir: Path,
+    model_store: Path | None,
+    name: str,
+    do_cv: bool = True,
+    description: str = "",
+) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_json(
+        {"config": config.to_dict(), "data_root": str(data_root), "name": name, "cv": do_cv},
+        run_dir / "config.json",
+    )
+    t0 = time.monotonic()
+    images = load_images(data_root, config.input_size, config.crop_fraction, cache_dir)
+    data_info = {
+        "n_images_kept": len(images.labels),
+        "duplicates_dropped": len(images.duplicates),
+        "duplicates": [list(d) for d in images.duplicates],
+        "problems": [{"path": p.path, "reason": p.reason} for p in images.problems],
+    }
+    print(
+        f"data: {len(images.labels)} images kept, {len(images.duplicates)} duplicates dropped, "
+        f"{len(images.problems)} problem files",
+        flush=True,
+    )
+    for p in images.problems:
+        print(f"  problem: {p.path}: {p.reason}", flush=True)
+    dump_json(data_info, run_dir / "data.json")
+    cv = cross_validate(config, images, run_dir) if do_cv else None
+
+    table = subject_table(images.subjects, images.labels)
+    split = final_split(table, config.validation_fraction, config.validation_max_share)
+    final = run_split(config, images, split)
+    plot_curves(
+        final.result.history,
+        run_dir / "curves.png",
+        f"{name}: shipped model (validation = held-out subjects)",
+    )
+    plot_roc(
+        {"validation subjects": (final.y_val, final.p_val)},
+        run_dir / "roc_validation.png",
+        f"{name}: validation subjects",
+    )
+    plot_confusion(
+        final.validation,
+        run_dir / "confusion_validation.png",
+        f"{name}: validation subjects @ {final.threshold:.3f}",
+    )
+    summary: dict[str, Any] = {
+        "name": name,
+        "config": config.to_dict(),
+        "threshold": final.threshold,
+        "validation": final.validation,
+        "selected_epoch": final.result.selected_epoch,
+        "epochs_run": final.result.epochs_run,
+        "seconds_final": final.result.seconds,
+        "seconds_per_epoch": final.result.seconds_per_epoch,
+        "images_per_second": final.result.images_per_second,
+        "seconds_total": time.monotonic() - t0,
+        "manifest_sha256": images.manifest_sha256,
+        "splits": split_counts(images, split),
+        "history": final.result.history,
+        "data": data_info,
+    }
+    dump_json(summary, run_dir / "final.json")
+    if model_store is None:
+        return summary
+
+    test_metrics: dict[str, Any]
+    if cv is not None:
+        test_metrics = {
+            "what": (
+                "NOT this model's own test set: held-out-subject metrics of the same recipe "
+                "under leave-one-normal-donor-out cross-validation (3 fold models, each "
+                "scored on subjects it never saw, threshold from its own validation "
+                "subjects), pooled over folds"
+            ),
+            "subjects": sorted({s for f in cv["folds"] for s in f["splits"]["test"]["subjects"]}),
+            **cv["pooled_held_out"],
+        }
+    else:
+        test_metrics = {"what": "no cross-validation run; no held-out test metrics"}
+    metrics = {
+        "validation": {"subjects": list(split.validation), **final.validation},
+        "test": test_metrics,
+        "cross_validation": (
+            {k: cv[k] for k in ("scheme", "mean", "std")}
+            | {
+                "folds": [
+                    {k: f[k] for k in ("fold", "threshold", "test", "selected_epoch")}
+                    | {"test_subjects": f["splits"]["test"]["subjects"]}
+                    for f in cv["folds"]
+                ]
+            }
+        )
+        if cv
+        else None,
+    }
+    training_info = {
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "epochs_run": final.result.epochs_run,
+        "selected_epoch": final.result.selected_epoch,
+        "seconds": round(final.result.seconds, 1),
+        "seconds_per_epoch": round(final.result.seconds_per_epoch, 2),
+        "images_per_second": round(final.result.images_per_second, 1),
+        "command": "see training/README.md",
+    }
+    data_card = {
+        "manifest_sha256": images.manifest_sha256,
+        "duplicates_dropped": len(images.duplicates),
+        "splits": split_counts(images, split) | {"test": "see metrics.test"},
+    }
+
+    from training.report import write_model_report
+
+    report = write_model_report(run_dir, name, summary, cv)
+    extras = {p.name: p for p in [report, *sorted(run_dir.glob("*.png"))]}
+
+    def make_card(version: int, files: dict[str, str]) -> dict[str, Any]:
+        return build_card(
+            name,
+            version,
+            config.architecture,
+            description,
+            final.threshold,
+            config.input_size,
+            config.crop_fraction,
+            metrics,
+            data_card,
+            training_info,
+            files,
+        )
+
+    out = export_version(
+        final.result.model,
+        model_store / name,
+        config.input_size,
+        config.crop_fraction,
+        make_card,
+        extras,
+    )
+    print(f"exported {out}", flush=True)
+    summary["exported"] = str(out)
+    dump_json(summary, run_dir / "final.json")
+    return summary

@@ -1,0 +1,232 @@
+"""Training loop: cached uint8 pixels -> tf.data -> Keras fit; progress and epoch choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.data import CachedImages
+from training.models import ModelSpec, make_model, spec_for
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run; saved with it, and enough to reproduce it."""
+
+    architecture: str = "improved"
+    input_size: int = 128
+    crop_fraction: float = 0.75
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adamw"  # "adam" (paper) or "adamw"
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    cosine_decay: bool = True
+    label_smoothing: float = 0.05
+    class_weights: bool = True
+    augment: bool = True
+    select_epoch: str = "best_val_auc"  # or "last" (the paper trains a fixed 20 epochs)
+    seed: int = 0
+    validation_fraction: float = 0.15
+    validation_max_share: float = 0.25
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.architecture, self.input_size, self.crop_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TrainConfig:
+        return TrainConfig(**d)
+
+
+def paper_config(**overrides: Any) -> TrainConfig:
+    """The seed notebook's recipe: 256x256, /255, Adam 1e-3, 20 epochs, no tricks."""
+    spec = spec_for("paper")
+    base = TrainConfig(
+        architecture="paper",
+        input_size=spec.input_size,
+        crop_fraction=spec.crop_fraction,
+        epochs=20,
+        batch_size=32,
+        optimizer="adam",
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        cosine_decay=False,
+        label_smoothing=0.0,
+        class_weights=False,
+        augment=False,
+        select_epoch="last",
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    epochs_run: int
+    selected_epoch: int
+    seconds: float
+    images_per_second: float
+    seconds_per_epoch: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def _augment(
+    pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
+
+    Gains are multiplicative so the black background stays black.
+    """
+    x = tf.cast(pixels, tf.float32)
+    x = tf.image.random_flip_left_right(x)
+    x = tf.image.random_flip_up_down(x)
+    x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+    gain = tf.random.uniform([1, 1, 3], 0.9, 1.1) * tf.random.uniform([], 0.85, 1.15)
+    x = tf.clip_by_value(x * gain, 0.0, 255.0)
+    return x, label, weight
+
+
+def make_dataset(
+    images: CachedImages,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool,
+    class_weights: dict[int, float] | None,
+    seed: int,
+) -> tf.data.Dataset:
+    labels = images.labels.astype(np.float32)
+    weights = (
+        np.array([class_weights[int(y)] for y in images.labels], dtype=np.float32)
+        if class_weights
+        else np.ones(len(labels), dtype=np.float32)
+    )
+    ds = tf.data.Dataset.from_tensor_slices((images.pixels, labels, weights))
+    if shuffle:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+    """One line per epoch: metrics, images/s, ETA; keeps the weights of the chosen epoch."""
+
+    def __init__(self, n_train: int, epochs: int, select_epoch: str, label: str) -> None:
+        super().__init__()
+        self.n_train, self.epochs, self.select_epoch, self.label = (
+            n_train,
+            epochs,
+            select_epoch,
+            label,
+        )
+        self.best_auc = -math.inf
+        self.best_epoch = 0
+        self.best_weights: list[np.ndarray] | None = None
+        self.epoch_seconds: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        dt = time.monotonic() - self._start
+        self.epoch_seconds.append(dt)
+        val_auc = float(logs.get("val_auc", float("nan")))
+        if self.select_epoch == "best_val_auc" and val_auc > self.best_auc:
+            self.best_auc, self.best_epoch = val_auc, epoch + 1
+            self.best_weights = self.model.get_weights()
+        eta = (self.epochs - epoch - 1) * float(np.mean(self.epoch_seconds))
+        print(
+            f"[{self.label}] epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
+            f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', 0):.4f} "
+            f"val_auc {val_auc:.3f} | {dt:.1f} s, {self.n_train / dt:.0f} img/s, ETA {eta:.0f} s",
+            flush=True,
+        )
+
+
+def train_model(
+    config: TrainConfig, train: CachedImages, validation: CachedImages, label: str = "train"
+) -> TrainResult:
+    set_seed(config.seed)
+    model = make_model(config.spec)
+    steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
+    lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
+    if config.cosine_decay:
+        lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.02)
+    if config.optimizer == "adam":
+        optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(lr)
+    else:
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
+        weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    class_weights = None
+    if config.class_weights:
+        counts = np.bincount(train.labels, minlength=2).astype(float)
+        class_weights = {k: float(counts.sum() / (2 * counts[k])) for k in (0, 1)}
+    train_ds = make_dataset(
+        train, config.batch_size, True, config.augment, class_weights, config.seed
+    )
+    val_ds = make_dataset(validation, 128, False, False, None, config.seed)
+    progress = Progress(len(train.labels), config.epochs, config.select_epoch, label)
+    start = time.monotonic()
+    fit = model.fit(
+        train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0, callbacks=[progress]
+    )
+    seconds = time.monotonic() - start
+    selected = config.epochs
+    if config.select_epoch == "best_val_auc" and progress.best_weights is not None:
+        model.set_weights(progress.best_weights)
+        selected = progress.best_epoch
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    per_epoch = float(np.median(progress.epoch_seconds))
+    return TrainResult(
+        model,
+        history,
+        len(progress.epoch_seconds),
+        selected,
+        seconds,
+        len(train.labels) / per_epoch,
+        per_epoch,
+        {"epoch_seconds": progress.epoch_seconds, "class_weights": class_weights},
+    )
+
+
+def predict_p_all(model: keras.Model, images: CachedImages, batch_size: int = 128) -> np.ndarray:
+    if len(images.labels) == 0:
+        return np.zeros(0, dtype=np.float32)
+    out = []
+    for i in range(0, len(images.labels), batch_size):
+        batch = tf.convert_to_tensor(images.pixels[i : i + batch_size], tf.float32)
+        out.append(np.asarray(model(batch, training=False)).reshape(-1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def dump_json(obj: Any, path: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
