@@ -68,12 +68,13 @@ def measure_preprocessing(data: bytes, size: tuple[int, int], seconds: float) ->
 
     pixels = decode_rgb(data)
     tensor = tf.constant(pixels[np.newaxis])
-    resize = tf.function(lambda x: tf.image.resize(x, size, method="bilinear"))
+    resize = tf.function(lambda x: tf.image.resize(x, size, method="bilinear", antialias=True))
     resize(tensor)
     return {
         "image_shape": list(pixels.shape),
         "body_bytes": len(data),
         "decode_pil": _summary(_repeat_ms(lambda: decode_rgb(data), seconds)),
+        "resize_to": list(size),
         "resize_tf_bilinear": _summary(_repeat_ms(lambda: resize(tensor).numpy(), seconds)),
         "resize_pil_bilinear": _summary(
             _repeat_ms(
@@ -116,15 +117,13 @@ def measure_keras_predict(model_dir: str, pixels: np.ndarray, seconds: float) ->
     return _summary(_repeat_ms(lambda: model.predict(batch, verbose=0), seconds))
 
 
-def measure_tflite(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, Any]:
+def _tflite_by_batch(
+    flatbuffer: bytes, pixels: np.ndarray, seconds: float, batch_sizes: tuple[int, ...]
+) -> dict[str, Any]:
     import tensorflow as tf
 
-    t0 = time.perf_counter()
-    converter = tf.lite.TFLiteConverter.from_saved_model(model_dir)
-    flatbuffer = converter.convert()
-    convert_s = time.perf_counter() - t0
     results: dict[str, Any] = {}
-    for batch in BATCH_SIZES:
+    for batch in batch_sizes:
         interpreter = tf.lite.Interpreter(model_content=flatbuffer, num_threads=os.cpu_count())
         inp = interpreter.get_input_details()[0]
         interpreter.resize_tensor_input(inp["index"], [batch, *pixels.shape])
@@ -144,14 +143,87 @@ def measure_tflite(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[s
 
         call()
         results[str(batch)] = _summary(_repeat_ms(call, seconds), batch)
-    best = max(results, key=lambda b: results[b]["images_per_s"])
+    return results
+
+
+def _best(by_batch: dict[str, Any]) -> dict[str, Any]:
+    best = max(by_batch, key=lambda b: by_batch[b]["images_per_s"])
+    return {"best_batch": int(best), "best_images_per_s": by_batch[best]["images_per_s"]}
+
+
+def measure_tflite(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, Any]:
+    """The whole serving signature converted to TFLite (builtins, then Select TF ops)."""
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    converter = tf.lite.TFLiteConverter.from_saved_model(model_dir)
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,  # ops TFLite lacks run through the Flex delegate
+    ]
+    flatbuffer = converter.convert()
+    convert_s = time.perf_counter() - t0
+    by_batch = _tflite_by_batch(flatbuffer, pixels, seconds, BATCH_SIZES)
     return {
         "convert_s": convert_s,
         "flatbuffer_bytes": len(flatbuffer),
-        "by_batch": results,
-        "best_batch": int(best),
-        "best_images_per_s": results[best]["images_per_s"],
+        "by_batch": by_batch,
+        **_best(by_batch),
     }
+
+
+CORE_BATCH_SIZES = (1, 4, 16, 64)
+
+
+def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The network alone (after crop/resize), TensorFlow vs TFLite, same architecture.
+
+    Used when the whole signature cannot be converted (e.g. antialiased resize has no TFLite
+    kernel). Built from training.models with the card's architecture and untrained weights:
+    speed does not depend on the weights' values, only on the ops and shapes.
+    """
+    import tensorflow as tf
+
+    from training.models import make_model, spec_for
+
+    config = card.get("training", {}).get("config", {})
+    spec = spec_for(card["architecture"], config.get("input_size"), config.get("crop_fraction"))
+    model = make_model(spec)
+    size = spec.input_size
+    call = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [call.get_concrete_function()], model
+    )
+    flatbuffer = converter.convert()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size, size, 3)).astype(np.float32)
+    tf_by_batch: dict[str, Any] = {}
+    for batch in CORE_BATCH_SIZES:
+        x = tf.constant(np.repeat(pixels[np.newaxis], batch, axis=0))
+
+        def run(x: Any = x) -> object:
+            return call(x).numpy()
+
+        run()
+        tf_by_batch[str(batch)] = _summary(_repeat_ms(run, seconds), batch)
+    tflite_by_batch = _tflite_by_batch(flatbuffer, pixels, seconds, CORE_BATCH_SIZES)
+    return {
+        "architecture": spec.architecture,
+        "input_size": size,
+        "tensorflow": {"by_batch": tf_by_batch, **_best(tf_by_batch)},
+        "tflite": {"by_batch": tflite_by_batch, **_best(tflite_by_batch)},
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # Converter errors put the cause ("... custom ops ... Custom ops: X") deep in a long dump.
+    custom = [line for line in text.splitlines() if line.startswith("Custom ops:")]
+    head = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {head}" + (f" ({custom[0]})" if custom else "")
 
 
 def _vm_hwm_kib() -> int:
@@ -192,7 +264,14 @@ def main(argv: list[str] | None = None) -> None:
         try:
             result["tflite"] = measure_tflite(args.model_dir, pixels, args.seconds)
         except Exception as exc:  # report, don't hide: the comparison is optional
-            result["tflite"] = {"error": f"{type(exc).__name__}: {exc}"}
+            result["tflite"] = {"error": _first_line(exc)}
+        card_path = Path(args.model_dir) / "model_card.json"
+        if card_path.exists():
+            try:
+                card = json.loads(card_path.read_text())
+                result["core_runtimes"] = measure_core_runtimes(card, args.seconds)
+            except Exception as exc:
+                result["core_runtimes"] = {"error": _first_line(exc)}
     result["cpu_seconds"] = time.process_time() - cpu0
     result["vm_hwm_kib"] = _vm_hwm_kib()
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -189,7 +189,7 @@ def _ceiling_section(results: dict[str, Any]) -> list[str]:
     best = sig["by_batch"][str(sig["best_batch"])]
     steps: list[list[object]] = [
         step("PIL decode BMP to RGB uint8", pre["decode_pil"]),
-        step("resize to model input, tf.image.resize (as in the model)", pre["resize_tf_bilinear"]),
+        step(f"resize to {pre.get('resize_to')}, tf.image.resize", pre["resize_tf_bilinear"]),
         step("resize with PIL bilinear (for comparison)", pre["resize_pil_bilinear"]),
         step("Keras `model.predict`, one image (naive path)", ceiling["keras_predict_batch1"], 2),
         step("exported signature, one image (compiled call)", sig["by_batch"]["1"], 2),
@@ -210,16 +210,41 @@ def _ceiling_section(results: dict[str, Any]) -> list[str]:
     if tflite and "by_batch" in tflite:
         lines += [
             "",
-            f"TensorFlow Lite conversion of the same SavedModel ({tflite['flatbuffer_bytes']} "
-            f"bytes, converted in {tflite['convert_s']:.1f} s, XNNPACK): best "
-            f"{_f(tflite['best_images_per_s'])} images/s at batch {tflite['best_batch']}, vs "
-            f"{_f(sig['best_images_per_s'])} for the SavedModel.",
+            f"TensorFlow Lite conversion of the whole signature ({tflite['flatbuffer_bytes']} "
+            f"bytes, XNNPACK): best {_f(tflite['best_images_per_s'])} images/s at batch "
+            f"{tflite['best_batch']}, vs {_f(sig['best_images_per_s'])} for the SavedModel.",
             "",
             *_table(("TFLite batch", *BATCH_HEADER[1:]), _batch_rows(tflite["by_batch"])),
         ]  # fmt: skip
     elif tflite:
-        lines += ["", f"TensorFlow Lite conversion failed: {tflite.get('error')}"]
+        lines += [
+            "",
+            f"TensorFlow Lite conversion of the whole signature failed: {tflite['error']}",
+        ]
+    lines += _core_runtimes(ceiling.get("core_runtimes"))
     return lines
+
+
+def _core_runtimes(core: dict[str, Any] | None) -> list[str]:
+    if not core:
+        return []
+    if "error" in core:
+        return ["", f"Network-only TensorFlow vs TFLite comparison failed: {core['error']}"]
+    tf_rows, lite_rows = core["tensorflow"]["by_batch"], core["tflite"]["by_batch"]
+    rows = [
+        [b, _f(tf_rows[b]["median_ms"], 2), _f(lite_rows[b]["median_ms"], 2),
+         _f(tf_rows[b]["images_per_s"]), _f(lite_rows[b]["images_per_s"])]
+        for b in tf_rows
+    ]  # fmt: skip
+    header = ["batch", "TF call ms", "TFLite call ms", "TF images/s", "TFLite images/s"]
+    return [
+        "",
+        f"The network alone ({core['architecture']}, {core['input_size']}x{core['input_size']} "
+        "input, after crop and resize; same architecture, untrained weights: speed only), "
+        "TensorFlow `tf.function` vs TFLite with XNNPACK:",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _histograms(results: dict[str, Any]) -> list[str]:

@@ -235,6 +235,11 @@ def run_ceiling(args: argparse.Namespace, model_dir: Path, out: Path) -> dict[st
     ]
     if not args.no_tflite:
         command.append("--tflite")
+    card_path = model_dir / "model_card.json"
+    if card_path.exists():  # measure the standalone resize at the size the model resizes to
+        size = json.loads(card_path.read_text()).get("input", {}).get("model_input_size")
+        if size:
+            command += ["--input-size", *(str(side) for side in size)]
     print("ceiling: in-process measurements ...", flush=True)
     with (out / "ceiling.log").open("wb") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -261,6 +266,7 @@ SWEEP_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("intra 2 inter 1", {"LEUK_TF_INTRA_OP_THREADS": "2", "LEUK_TF_INTER_OP_THREADS": "1"}),
     ("oneDNN off", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
 ]
+# Two server processes, each with its own TensorFlow and batcher (same flags as `python -m app`).
 SWEEP_WORKERS_2 = (
     "2 uvicorn workers",
     [
@@ -270,11 +276,16 @@ SWEEP_WORKERS_2 = (
         "--factory",
         "app.main:create_app",
         "--host",
-        HOST,
+        "127.0.0.1",
         "--port",
         "{port}",
         "--workers",
         "2",
+        "--no-access-log",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
     ],
 )
 
