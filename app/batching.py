@@ -7,8 +7,10 @@ at once, while requests that arrive while the model is busy are served together.
 others were already waiting (the model is under load) and the batch is not full, the
 worker waits up to ``max_batch_wait`` for more to arrive.
 
-Per-row independence: every model row is computed from its own image only, and the
-equivalence of batched and single results is measured in tests/app/test_batching.py.
+Batched == single: for each model version the registry probes at load whether stacked
+rows are bit-identical to single-image results (``LoadedVersion.batch_exact``). If they are
+not (oneDNN picks a batch-size-dependent summation order for some models), a formed batch
+is run image by image on this thread, so a result never depends on its batch companions.
 """
 
 from __future__ import annotations
@@ -140,6 +142,16 @@ class Batcher:
                 keep.append(item)
         self._queue = keep
 
+    @staticmethod
+    def _infer(model: LoadedVersion, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        if len(images) == 1:
+            return model.runtime.predict(images[0][None])
+        if model.batch_exact:
+            return model.runtime.predict(np.stack(images))
+        # This model's kernels sum in a batch-size-dependent order: run the batch image by
+        # image so each result is bit-identical to a single-image request.
+        return np.concatenate([model.runtime.predict(image[None]) for image in images])
+
     def _run(self) -> None:
         while True:
             batch = self._take_batch()
@@ -152,12 +164,7 @@ class Batcher:
             waits = [started - item.enqueued for item in batch]
             model = batch[0].model
             try:
-                pixels = (
-                    batch[0].pixels[None]
-                    if len(batch) == 1
-                    else np.stack([item.pixels for item in batch])
-                )
-                probabilities = model.runtime.predict(pixels)
+                probabilities = self._infer(model, [item.pixels for item in batch])
             except BaseException as exc:  # deliver every failure to the waiting requests
                 for item in batch:
                     item.future.set_exception(exc)

@@ -241,5 +241,6 @@ class DataPlane:
             created_at=extra.get("created_at"),
             load_seconds=round(loaded.load_seconds, 3) if loaded else None,
             loaded_at=loaded.loaded_at if loaded else None,
+            batching=entry["versions"][str(chosen)]["batching"],
             input_checks=OOD_MEANING,
         )

@@ -45,7 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     metrics = Metrics()
     registry = ModelRegistry(
-        settings.model_store, warmup=warmup_runtime(settings.warmup_batch_sizes)
+        settings.model_store,
+        warmup=warmup_runtime(
+            settings.warmup_batch_sizes,
+            settings.max_batch_size if settings.exact_batching else 1,
+        ),
     )
     batcher = Batcher(
         max_batch_size=settings.max_batch_size,

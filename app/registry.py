@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
@@ -64,6 +65,9 @@ class LoadedVersion:
     runtime: ModelRuntime
     load_seconds: float
     loaded_at: str
+    # False: batched rows differ from single-image rows in the last bits for this model, so
+    # the batcher runs its batches image by image (see app/batching.py).
+    batch_exact: bool = True
 
     @property
     def key(self) -> tuple[str, int]:
@@ -85,7 +89,8 @@ class VersionFailed(Exception):
 
 
 Loader = Callable[[Path, ModelCard], ModelRuntime]
-Warmup = Callable[[ModelRuntime], None]
+Warmup = Callable[[ModelRuntime], bool]
+"""Runs the first calls of a fresh runtime; returns whether batching is bit-exact for it."""
 
 
 def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
@@ -98,12 +103,48 @@ def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
     )
 
 
-def warmup_runtime(batch_sizes: Sequence[int]) -> Warmup:
-    """Run each batch size once at 450x450 (first calls allocate kernels and buffers)."""
+def probe_images(count: int, seed: int = 0) -> NDArray[np.uint8]:
+    """Synthetic 450x450 'cells' (textured discs on black) for warm-up and the batching probe."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:450, :450]
+    images = np.zeros((count, 450, 450, 3), dtype=np.uint8)
+    for image in images:
+        cy, cx, radius = rng.uniform(170, 280), rng.uniform(170, 280), rng.uniform(60, 110)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        image[disc] = rng.integers(40, 240, size=(int(disc.sum()), 3), dtype=np.uint8)
+    return images
 
-    def warm(runtime: ModelRuntime) -> None:
+
+def batching_is_exact(runtime: ModelRuntime, max_batch_size: int) -> bool:
+    """Are rows of a batch bit-identical to the same images run alone?
+
+    CPU kernels (oneDNN convolutions, matmuls) may choose a different summation order for a
+    different batch size, which changes the last float bits. Measured on the C-NMC models:
+    the paper CNN is batch-invariant, the improved CNN is not. This probe decides per
+    version whether the batcher may stack images into one call.
+    """
+    count = min(max_batch_size, 32)
+    if count < 2:
+        return True
+    images = probe_images(count, seed=1)
+    singles = np.concatenate([runtime.predict(images[i : i + 1]) for i in range(count)])
+    for size in sorted({2, 3, min(count, 8), count} & set(range(2, count + 1))):
+        for start in range(0, count - size + 1, size):
+            if not np.array_equal(
+                runtime.predict(images[start : start + size]), singles[start : start + size]
+            ):
+                return False
+    return True
+
+
+def warmup_runtime(batch_sizes: Sequence[int], max_batch_size: int = 1) -> Warmup:
+    """Run each batch size once at 450x450 (first calls allocate kernels and buffers), then
+    probe whether batching is bit-exact."""
+
+    def warm(runtime: ModelRuntime) -> bool:
         for size in batch_sizes:
-            runtime.predict(np.zeros((size, 450, 450, 3), dtype=np.uint8))
+            runtime.predict(probe_images(size))
+        return batching_is_exact(runtime, max_batch_size)
 
     return warm
 
@@ -137,6 +178,12 @@ def verify_files(version_dir: Path, card: ModelCard) -> None:
         rel = path.relative_to(version_dir).as_posix()
         if path.is_file() and rel not in card.files:
             raise VersionFailed(f"SavedModel file not listed in the card: {rel}")
+
+
+def _batching_mode(loaded: LoadedVersion | None) -> str | None:
+    if loaded is None:
+        return None
+    return "stacked" if loaded.batch_exact else "per_image"
 
 
 def _check_card(card: ModelCard, name: str, version: int) -> None:
@@ -228,7 +275,7 @@ class ModelRegistry:
         _check_card(card, name, version)
         verify_files(path, card)
         runtime = self.loader(path, card)
-        self.warmup(runtime)
+        batch_exact = self.warmup(runtime)
         return LoadedVersion(
             name=name,
             version=version,
@@ -237,6 +284,7 @@ class ModelRegistry:
             runtime=runtime,
             load_seconds=time.perf_counter() - start,
             loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            batch_exact=batch_exact,
         )
 
     def select(self, name: str, pinned: int | None = None) -> LoadedVersion:
@@ -299,6 +347,7 @@ class ModelRegistry:
         with self._lock:
             status = dict(self._status)
             chosen = dict(self._chosen)
+            loaded = dict(self._loaded)
         out: dict[str, Any] = {}
         for name, versions in self.models().items():
             out[name] = {
@@ -307,6 +356,7 @@ class ModelRegistry:
                     str(v): {
                         "state": status.get((name, v), VersionStatus()).state,
                         "reason": status.get((name, v), VersionStatus()).reason,
+                        "batching": _batching_mode(loaded.get((name, v))),
                     }
                     for v in versions
                 },

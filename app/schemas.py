@@ -94,6 +94,11 @@ class ModelInfo(BaseModel):
     created_at: str | None
     load_seconds: float | None
     loaded_at: str | None
+    batching: str | None = Field(
+        description="'stacked': batches run as one call (probed bit-identical to single "
+        "images); 'per_image': batches run image by image because stacked rows were not "
+        "bit-identical; null: not loaded."
+    )
     input_checks: str
 
 

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         description="When requests are already queued behind a busy model, wait at most this "
         "long for more to fill a batch. A lone request never waits.",
     )
+    exact_batching: bool = Field(
+        default=True,
+        description="At load, probe whether a model's batched rows are bit-identical to "
+        "single-image results; if not, run its batches image by image so a result never "
+        "depends on which requests it was batched with. False: always stack (results may "
+        "then differ from single-image ones in the last float bits).",
+    )
     max_queue: int = Field(
         default=1024, ge=1, description="Images waiting for inference before new ones get 503."
     )

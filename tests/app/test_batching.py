@@ -190,3 +190,57 @@ async def test_multi_image_request_equals_single_requests(client: httpx.AsyncCli
     together = (await client.post("/v1/classify", files=files)).json()["results"]
     assert [r["probabilities"] for r in together] == [r["probabilities"] for r in singles]
     assert [r["label"] for r in together] == [r["label"] for r in singles]
+
+
+class BatchDependentRuntime(RecordingRuntime):
+    """A stand-in for what oneDNN does to some real models (the improved CNN): the result of
+    a row changes in the last bits with the batch size. Reproduced exactly here so the test
+    does not depend on which CPU kernels the machine picks."""
+
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        rows = super().predict(images)
+        return rows + np.float32(1e-7) * (images.shape[0] - 1)
+
+
+def test_probe_tells_exact_from_inexact_models(tiny_version: LoadedVersion) -> None:
+    from app.registry import batching_is_exact
+
+    assert batching_is_exact(tiny_version.runtime, 16) is True
+    assert batching_is_exact(BatchDependentRuntime(tiny_version.runtime), 16) is False
+    assert tiny_version.batch_exact is True
+
+
+async def test_inexact_model_batches_run_image_by_image(tiny_version: LoadedVersion) -> None:
+    runtime = BatchDependentRuntime(tiny_version.runtime, delay=0.01)
+    model = replace(tiny_version, runtime=runtime, batch_exact=False)
+    sizes: list[int] = []
+    batcher = Batcher(
+        max_batch_size=8,
+        max_batch_wait_s=0.01,
+        max_queue=100,
+        observer=lambda _m, size, _w, _s: sizes.append(size),
+    )
+    batcher.start()
+    try:
+        images = [cell_like(seed) for seed in range(12)]
+        async with anyio.create_task_group() as tasks:
+            results: dict[int, NDArray[np.float32]] = {}
+
+            async def one(i: int) -> None:
+                results[i] = (await batcher.predict(model, [images[i]]))[0]
+
+            for i in range(len(images)):
+                tasks.start_soon(one, i)
+    finally:
+        batcher.stop()
+    assert max(sizes) > 1  # batches formed ...
+    assert all(shape[0] == 1 for shape in runtime.shapes)  # ... but ran image by image
+    singles = [tiny_version.runtime.predict(image[None])[0] for image in images]
+    for i, single in enumerate(singles):
+        assert np.array_equal(results[i], single)
+
+
+async def test_health_reports_batching_mode(client: httpx.AsyncClient) -> None:
+    versions = (await client.get("/health")).json()["models"]["tiny"]["versions"]
+    assert versions["2"]["batching"] == "stacked"
+    assert (await client.get("/model-info")).json()["batching"] == "stacked"
