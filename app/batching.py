@@ -1,16 +1,18 @@
-"""Server-side dynamic batching: where batches form.
+"""Server-side dynamic batching: where batches form and where TensorFlow runs.
 
-One dedicated thread owns every inference call. Requests enqueue single images with a
-future and await it. The worker takes the oldest image and every queued image with the
-same model version and image shape (up to ``max_batch_size``), so a lone request runs
-at once, while requests that arrive while the model is busy are served together. If
-others were already waiting (the model is under load) and the batch is not full, the
-worker waits up to ``max_batch_wait`` for more to arrive.
+A few dedicated worker threads (``LEUK_INFERENCE_WORKERS``) make every inference call;
+the event loop never does. Requests enqueue single images with a future and await it. A
+worker takes the oldest image and every queued image with the same model version and
+image shape (up to ``max_batch_size``), so a lone request runs at once, while requests
+that arrive while the workers are busy are served together. If others were already
+waiting (the model is under load) and the batch is not full, the worker waits up to
+``max_batch_wait`` for more to arrive.
 
-Batched == single: for each model version the registry probes at load whether stacked
-rows are bit-identical to single-image results (``LoadedVersion.batch_exact``). If they are
-not (oneDNN picks a batch-size-dependent summation order for some models), a formed batch
-is run image by image on this thread, so a result never depends on its batch companions.
+Batched == single: the registry probes each model version at load (``batch_exact``):
+are stacked rows bit-identical to single-image results? CPU kernels (oneDNN) may pick a
+batch-size-dependent summation order; for the improved C-NMC CNN rows differ by ~1e-7.
+Such a model is never stacked: each worker runs one image per call and the workers run
+in parallel, so a result never depends on which requests it arrived with.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Batcher:
         max_batch_wait_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        workers: int = 1,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_s
@@ -61,26 +64,29 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._workers = max(1, workers)
+        self._threads: list[threading.Thread] = []
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inference-batcher", daemon=True)
-        self._thread.start()
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._run, name=f"inference-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
         with self._cond:
             while self._queue:
                 self._queue.popleft().future.cancel()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return any(t.is_alive() for t in self._threads) and not self._stopping
 
     def queue_depth(self) -> int:
         with self._cond:
@@ -117,6 +123,10 @@ class Batcher:
                 return None
             first = self._queue.popleft()
             batch = [first]
+            if not first.model.batch_exact:
+                # Stacking would change this model's results in the last bits (see module
+                # docstring): it runs one image per call, in parallel on the other workers.
+                return batch
             others_waiting = bool(self._queue)
             self._collect(first.key, batch)
             if others_waiting and len(batch) < self.max_batch_size and self.max_batch_wait_s > 0:
@@ -142,16 +152,6 @@ class Batcher:
                 keep.append(item)
         self._queue = keep
 
-    @staticmethod
-    def _infer(model: LoadedVersion, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
-        if len(images) == 1:
-            return model.runtime.predict(images[0][None])
-        if model.batch_exact:
-            return model.runtime.predict(np.stack(images))
-        # This model's kernels sum in a batch-size-dependent order: run the batch image by
-        # image so each result is bit-identical to a single-image request.
-        return np.concatenate([model.runtime.predict(image[None]) for image in images])
-
     def _run(self) -> None:
         while True:
             batch = self._take_batch()
@@ -164,7 +164,12 @@ class Batcher:
             waits = [started - item.enqueued for item in batch]
             model = batch[0].model
             try:
-                probabilities = self._infer(model, [item.pixels for item in batch])
+                pixels = (
+                    batch[0].pixels[None]
+                    if len(batch) == 1
+                    else np.stack([item.pixels for item in batch])
+                )
+                probabilities = model.runtime.predict(pixels)
             except BaseException as exc:  # deliver every failure to the waiting requests
                 for item in batch:
                     item.future.set_exception(exc)

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch_wait_s=settings.max_batch_wait_ms / 1000.0,
         max_queue=settings.max_queue,
         observer=metrics.observe_batch,
+        workers=settings.inference_workers,
     )
     dataplane = DataPlane(settings, registry, batcher, metrics)
     api_keys = settings.load_api_keys()

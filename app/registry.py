@@ -66,7 +66,7 @@ class LoadedVersion:
     load_seconds: float
     loaded_at: str
     # False: batched rows differ from single-image rows in the last bits for this model, so
-    # the batcher runs its batches image by image (see app/batching.py).
+    # the batcher runs it one image per call (see app/batching.py).
     batch_exact: bool = True
 
     @property

@@ -96,8 +96,8 @@ class ModelInfo(BaseModel):
     loaded_at: str | None
     batching: str | None = Field(
         description="'stacked': batches run as one call (probed bit-identical to single "
-        "images); 'per_image': batches run image by image because stacked rows were not "
-        "bit-identical; null: not loaded."
+        "images); 'per_image': one image per call, on parallel workers, because stacked rows "
+        "were not bit-identical; null: not loaded."
     )
     input_checks: str
 

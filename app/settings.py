@@ -52,10 +52,17 @@ class Settings(BaseSettings):
     )
     exact_batching: bool = Field(
         default=True,
-        description="At load, probe whether a model's batched rows are bit-identical to "
-        "single-image results; if not, run its batches image by image so a result never "
-        "depends on which requests it was batched with. False: always stack (results may "
-        "then differ from single-image ones in the last float bits).",
+        description="At load, probe whether a model's stacked rows are bit-identical to "
+        "single-image results; if not, run it one image per call (in parallel workers) so a "
+        "result never depends on which requests it arrived with. False: always stack "
+        "(results may then differ from single-image ones in the last float bits).",
+    )
+    inference_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads making TensorFlow calls (each takes one batch at a time). More "
+        "than one lets single-image calls of non-stackable models use all cores.",
     )
     max_queue: int = Field(
         default=1024, ge=1, description="Images waiting for inference before new ones get 503."
