@@ -67,7 +67,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The load generator is wrk (Debian package): installed here when running as root.
 bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; \
+	  else echo "wrk is needed: sudo apt-get install -y wrk" >&2; exit 1; fi; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 base-image:
