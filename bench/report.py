@@ -343,10 +343,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_tp.set_ylabel("images/s (HTTP 200 only)")
     ax_tp.set_title("Throughput")
-    ax_tp.legend(fontsize=8)
+    if ax_tp.get_legend_handles_labels()[0]:
+        ax_tp.legend(fontsize=8)
     ax_lat.set_ylabel("latency ms (wrk, completed requests)")
     ax_lat.set_title("Latency percentiles")
-    ax_lat.legend(fontsize=7, ncol=2)
+    if ax_lat.get_legend_handles_labels()[0]:
+        ax_lat.legend(fontsize=7, ncol=2)
     meta = results["meta"]
     model = meta["model"]
     fig.suptitle(

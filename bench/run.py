@@ -339,7 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ceiling-seconds", type=float, default=1.5)
     parser.add_argument("--no-tflite", action="store_true")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["naive", "floor", "ceiling", "multipart"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["service", "naive", "floor", "ceiling", "multipart"],
     )
     parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
     parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 32, 64])
@@ -399,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     service_plan = [("raw", c) for c in args.concurrency]
     if "multipart" not in args.skip:
         service_plan += [("multipart", c) for c in (1, 32)]
-    step("service", lambda: serve(service_server(out, store), service_plan))
+    if "service" not in args.skip:
+        step("service", lambda: serve(service_server(out, store), service_plan))
     if "naive" not in args.skip:
         step(
             "naive",
