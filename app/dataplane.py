@@ -9,10 +9,10 @@ import anyio.to_thread
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import NotReady, ServiceError, VersionNotFound
+from app.errors import ModelNotFound, ModelUnavailable, NotReady, ServiceError, VersionNotFound
 from app.imaging import DecodedImage, decode_image
 from app.metrics import Metrics
-from app.registry import LoadedVersion, ModelRegistry, read_card
+from app.registry import LoadedVersion, ModelRegistry, VersionFailed, read_card
 from app.schemas import (
     ClassifyResponse,
     HealthSummary,
@@ -205,8 +205,6 @@ class DataPlane:
                 raise NotReady(self.state.reason or "No default model.")
         described = self.registry.describe()
         if name not in described:
-            from app.errors import ModelNotFound
-
             raise ModelNotFound(f"Model {name!r} is not in the store.")
         entry = described[name]
         versions = [int(v) for v in entry["versions"]]
@@ -217,7 +215,10 @@ class DataPlane:
             card, chosen = loaded.card, loaded.version
         else:
             chosen = version or entry["default_version"] or max(versions)
-            card = read_card(self.registry.store / name / str(chosen))
+            try:
+                card = read_card(self.registry.store / name / str(chosen))
+            except VersionFailed as exc:
+                raise ModelUnavailable(f"{name} version {chosen}: {exc}") from exc
         extra = card.model_extra or {}
         return ModelInfo(
             name=name,

@@ -93,6 +93,10 @@ def _version(value: str) -> int:
     return int(value)
 
 
+# Routes that read the store from disk are plain ``def``: FastAPI runs them in its thread
+# pool, off the event loop.
+
+
 # --- health ------------------------------------------------------------------------------
 @health.get("/health/live", response_model=Live, summary="Liveness: the process serves HTTP")
 async def live() -> Live:
@@ -116,7 +120,7 @@ async def ready(dataplane: DataPlaneDep) -> Ready:
     summary="Health summary: readiness, why not, every model version's state",
     responses=openapi_errors(*_AUTH),
 )
-async def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
+def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
     summary = dataplane.health()
     return JSONResponse(summary.model_dump(), status_code=200 if summary.ready else 503)
 
@@ -128,7 +132,7 @@ async def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
     summary="The default model: card, metrics, hashes, load time, intended use",
     responses=openapi_errors(Unauthorized, NotReady, ModelUnavailable),
 )
-async def default_model_info(dataplane: DataPlaneDep) -> ModelInfo:
+def default_model_info(dataplane: DataPlaneDep) -> ModelInfo:
     return dataplane.model_info(None)
 
 
@@ -138,7 +142,7 @@ async def default_model_info(dataplane: DataPlaneDep) -> ModelInfo:
     summary="Every model and version in the store with its state",
     responses=openapi_errors(*_AUTH),
 )
-async def list_models(dataplane: DataPlaneDep) -> ModelList:
+def list_models(dataplane: DataPlaneDep) -> ModelList:
     return ModelList(
         default_model=dataplane.state.default_model, models=dataplane.registry.describe()
     )
@@ -150,7 +154,7 @@ async def list_models(dataplane: DataPlaneDep) -> ModelList:
     summary="One model (its served or newest version)",
     responses=openapi_errors(Unauthorized, ModelNotFound, ModelUnavailable),
 )
-async def model_info(name: str, dataplane: DataPlaneDep) -> ModelInfo:
+def model_info(name: str, dataplane: DataPlaneDep) -> ModelInfo:
     return dataplane.model_info(name)
 
 
@@ -160,7 +164,7 @@ async def model_info(name: str, dataplane: DataPlaneDep) -> ModelInfo:
     summary="One model version",
     responses=openapi_errors(Unauthorized, ModelNotFound, VersionNotFound, ModelUnavailable),
 )
-async def model_version_info(name: str, version: str, dataplane: DataPlaneDep) -> ModelInfo:
+def model_version_info(name: str, version: str, dataplane: DataPlaneDep) -> ModelInfo:
     return dataplane.model_info(name, _version(version))
 
 

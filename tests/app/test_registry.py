@@ -159,6 +159,9 @@ async def test_service_keeps_serving_last_good_version(
         assert response.json()["error"]["code"] == "model_unavailable"
         ok = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
         assert ok.status_code == 200 and ok.json()["version"] == 1
+        (tiny_store / "tiny" / "2" / "model_card.json").write_text("{broken")
+        info = await client.get("/v1/models/tiny/versions/2")
+        assert info.status_code == 503 and info.json()["error"]["code"] == "model_unavailable"
 
 
 @pytest.mark.anyio
