@@ -64,16 +64,42 @@ class DataPlane:
             self.state.reason = f"startup failed: {exc!r}"
             return
         self.metrics.observe_loaded(loaded, is_default=True)
+        self._update_reason(name)
+        self.state.ready = self.batcher.running
+        self.metrics.ready.set(1 if self.state.ready else 0)
+
+    def refresh(self) -> None:
+        """Blocking, called periodically: pick up new versions (TF Serving's store polling).
+
+        Not ready yet: retry the startup load (the store may have been fixed or filled).
+        Ready and not pinned: switch to a newer version once it verified, loaded and warmed;
+        a broken newer version is reported and the current one kept.
+        """
+        if not self.state.ready:
+            self.load_default()
+            return
+        name = self.state.default_model
+        if name is None or self.settings.model_version is not None:
+            return
+        previous = self.registry.get_loaded(name, None)
+        try:
+            loaded = self.registry.refresh(name)
+        except Exception:  # a store that disappears must not stop the poller
+            return
+        if loaded is not None:
+            if previous is not None:
+                self.metrics.observe_loaded(previous, is_default=False)
+            self.metrics.observe_loaded(loaded, is_default=True)
+        self._update_reason(name)
+
+    def _update_reason(self, name: str) -> None:
+        versions = self.registry.describe().get(name, {}).get("versions", {})
         broken = [
-            f"version {v}: {s['reason']}"
-            for v, s in self.registry.describe().get(name, {}).get("versions", {}).items()
-            if s["state"] == "failed"
+            f"version {v}: {s['reason']}" for v, s in versions.items() if s["state"] == "failed"
         ]
         self.state.reason = (
             ("serving last good version; skipped " + "; ".join(broken)) if broken else None
         )
-        self.state.ready = self.batcher.running
-        self.metrics.ready.set(1 if self.state.ready else 0)
 
     def served_default(self) -> LoadedVersion:
         if not self.state.ready or self.state.default_model is None:

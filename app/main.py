@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Load in the background: the process is live (and says why it is not ready)
             # while the model is verified, loaded and warmed up.
             tasks.start_soon(_load_default, dataplane)
+            if settings.store_poll_seconds > 0:
+                tasks.start_soon(_poll_store, dataplane, settings.store_poll_seconds)
             try:
                 yield
             finally:
@@ -116,6 +118,23 @@ async def _load_default(dataplane: DataPlane) -> None:
         "ready" if state.ready else "not ready",
         extra={"default_model": state.default_model, "reason": state.reason},
     )
+
+
+async def _poll_store(dataplane: DataPlane, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        before = dataplane.registry.get_loaded(dataplane.state.default_model or "", None)
+        await anyio.to_thread.run_sync(dataplane.refresh, abandon_on_cancel=True)
+        after = dataplane.registry.get_loaded(dataplane.state.default_model or "", None)
+        if after is not None and after is not before:
+            _log.info(
+                "serving new version",
+                extra={
+                    "model": after.name,
+                    "version": after.version,
+                    "ready": dataplane.state.ready,
+                },
+            )
 
 
 def _document_security(app: FastAPI) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from app.registry import LoadedVersion
@@ -93,16 +95,17 @@ class Metrics:
     def observe_loaded(self, model: LoadedVersion, is_default: bool) -> None:
         version = str(model.version)
         self.load_seconds.labels(model.name, version).set(model.load_seconds)
-        framework = model.card.model_extra.get("framework", {}) if model.card.model_extra else {}
-        self.model_info.labels(
-            model.name,
-            version,
-            str(model.card.threshold),
+        framework = (model.card.model_extra or {}).get("framework", {})
+        tensorflow = (
             str(framework.get("tensorflow", "unknown"))
             if isinstance(framework, dict)
-            else "unknown",
-            "true" if is_default else "false",
-        ).set(1)
+            else "unknown"
+        )
+        common = (model.name, version, str(model.card.threshold), tensorflow)
+        stale = (*common, "false" if is_default else "true")
+        with contextlib.suppress(KeyError):  # a version's default flag changed
+            self.model_info.remove(*stale)
+        self.model_info.labels(*common, "true" if is_default else "false").set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -314,6 +314,29 @@ class ModelRegistry:
             return loaded
         raise ModelUnavailable(f"No loadable version of {name!r}: " + "; ".join(reasons))
 
+    def refresh(self, name: str) -> LoadedVersion | None:
+        """Serve a newer version of ``name`` if one appeared and loads; else None.
+
+        Versions that fail stay failed (versions are immutable) and the current one is kept.
+        """
+        with self._lock:
+            current = self._chosen.get(name)
+            failed = {
+                v for (n, v), st in self._status.items() if n == name and st.state == "failed"
+            }
+        if current is None:
+            return None
+        newer = [v for v in self.models().get(name, []) if v > current and v not in failed]
+        for version in sorted(newer, reverse=True):
+            try:
+                loaded = self.load(name, version)
+            except VersionFailed:
+                continue
+            with self._lock:
+                self._chosen[name] = version
+            return loaded
+        return None
+
     def get(self, name: str, version: int | None) -> LoadedVersion:
         """What a request for ``name`` (and optionally ``version``) is served by."""
         if version is None:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="Pin the default model to this version. Unset: the newest version that "
         "loads and verifies (a broken newer version is reported and skipped).",
     )
+    store_poll_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Check the store this often for a newer version of the default model "
+        "(served once verified and warm) or, while not ready, retry the startup load. 0: off.",
+    )
     warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [1, 2],
         description="Batch sizes run once at 450x450 before reporting ready (comma separated).",

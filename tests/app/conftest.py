@@ -91,7 +91,11 @@ ServeFactory = Callable[..., Any]
 @pytest.fixture
 def make_settings(tiny_store: Path) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"model_store": tiny_store, "warmup_batch_sizes": [1]}
+        values: dict[str, Any] = {
+            "model_store": tiny_store,
+            "warmup_batch_sizes": [1],
+            "store_poll_seconds": 0,  # tests that poll turn it on
+        }
         values.update(overrides)
         return Settings(**values)
 

@@ -223,3 +223,67 @@ async def test_not_ready_while_loading(make_settings: Callable[..., Settings]) -
 
         await wait_until_settled(client.app)  # type: ignore[attr-defined]
         assert (await client.get("/health/ready")).status_code == 200
+
+
+# --- store polling -----------------------------------------------------------------------
+def _make_version(store: Path, source: Path, version: int) -> None:
+    """Place a copy of ``source`` as ``version``: written aside, renamed in (as training does)."""
+    tmp = store / "tiny" / f".tmp-{version}"
+    shutil.copytree(source, tmp)
+    edit_card(tmp, version=version)
+    tmp.rename(store / "tiny" / str(version))
+
+
+@pytest.mark.anyio
+async def test_new_versions_are_picked_up_and_broken_ones_skipped(
+    tiny_store: Path, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    import anyio.to_thread
+
+    aside = tmp_path / "aside"
+    shutil.move(tiny_store / "tiny" / "2", aside)
+    async with serve(make_settings(store_poll_seconds=0)) as client:
+        dataplane = client.app.state.dataplane  # type: ignore[attr-defined]
+        assert (await client.get("/health/ready")).json()["version"] == 1
+        _make_version(tiny_store, aside, 2)
+        await anyio.to_thread.run_sync(dataplane.refresh)
+        assert (await client.get("/health/ready")).json()["version"] == 2
+        _make_version(tiny_store, aside, 3)
+        corrupt_variables(tiny_store / "tiny" / "3")
+        await anyio.to_thread.run_sync(dataplane.refresh)
+        assert (await client.get("/health/ready")).json()["version"] == 2
+        health = (await client.get("/health")).json()
+        assert "version 3: sha256 mismatch" in health["reason"]
+        metrics = (await client.get("/metrics")).text
+        assert 'leuk_model_info{default="true",model="tiny",tensorflow=' in metrics
+        assert metrics.count('default="true"') == 1  # only version 2 is the default now
+
+
+@pytest.mark.anyio
+async def test_pinned_service_ignores_new_versions(
+    tiny_store: Path, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    import anyio.to_thread
+
+    async with serve(make_settings(store_poll_seconds=0, model_version=1)) as client:
+        _make_version(tiny_store, tiny_store / "tiny" / "2", 3)
+        await anyio.to_thread.run_sync(client.app.state.dataplane.refresh)  # type: ignore[attr-defined]
+        assert (await client.get("/health/ready")).json()["version"] == 1
+
+
+@pytest.mark.anyio
+async def test_not_ready_service_becomes_ready_when_a_model_lands(
+    tiny_store_template: Path, tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    import anyio
+
+    store = tmp_path / "store"
+    store.mkdir()
+    async with serve(make_settings(model_store=store, store_poll_seconds=0.05)) as client:
+        assert (await client.get("/health/ready")).status_code == 503
+        shutil.copytree(tiny_store_template / "other", store / ".incoming")
+        (store / ".incoming").rename(store / "other")
+        with anyio.fail_after(60):
+            while (await client.get("/health/ready")).status_code != 200:
+                await anyio.sleep(0.05)
+        assert (await client.get("/health/ready")).json()["model"] == "other"
