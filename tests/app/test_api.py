@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -278,7 +278,7 @@ async def test_chunked_upload_over_limit_is_not_read_to_the_end(
 ) -> None:
     sent = 0
 
-    async def body() -> object:
+    async def body() -> AsyncIterator[bytes]:
         nonlocal sent
         for _ in range(1000):
             sent += 1

@@ -199,7 +199,8 @@ class BatchDependentRuntime(RecordingRuntime):
 
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
         rows = super().predict(images)
-        return rows + np.float32(1e-7) * (images.shape[0] - 1)
+        shifted: NDArray[np.float32] = rows + np.float32(1e-7) * (images.shape[0] - 1)
+        return shifted
 
 
 def test_probe_tells_exact_from_inexact_models(tiny_version: LoadedVersion) -> None:

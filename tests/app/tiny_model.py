@@ -40,12 +40,12 @@ def _build_keras_model(seed: int) -> Any:
     return keras.Model(inputs, outputs)
 
 
-class _ServingModule(tf.Module):
+class _ServingModule(tf.Module):  # type: ignore[misc]
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])  # type: ignore[untyped-decorator]
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = tf.image.resize(tf.cast(images, tf.float32), INPUT_SIZE, method="bilinear")
         x = x / 255.0
