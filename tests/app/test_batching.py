@@ -245,3 +245,31 @@ async def test_health_reports_batching_mode(client: httpx.AsyncClient) -> None:
     versions = (await client.get("/health")).json()["models"]["tiny"]["versions"]
     assert versions["2"]["batching"] == "stacked"
     assert (await client.get("/model-info")).json()["batching"] == "stacked"
+
+
+async def test_tensorflow_never_runs_on_the_event_loop(client: httpx.AsyncClient) -> None:
+    loaded = client.app.state.dataplane.served_default()  # type: ignore[attr-defined]
+    threads: list[str] = []
+    inner = loaded.runtime
+
+    class ThreadRecorder:
+        def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+            threads.append(threading.current_thread().name)
+            result: NDArray[np.float32] = inner.predict(images)
+            return result
+
+    loaded.runtime = ThreadRecorder()
+    try:
+        payloads = [p.read_bytes() for p in CNMC_PNGS[:6]]
+        async with anyio.create_task_group() as tasks:
+            for payload in payloads:
+                tasks.start_soon(
+                    lambda p: client.post(
+                        "/v1/classify", content=p, headers={"content-type": "image/png"}
+                    ),
+                    payload,
+                )
+    finally:
+        loaded.runtime = inner
+    assert threads and all(name.startswith("inference-") for name in threads)
+    assert threading.current_thread().name not in threads
