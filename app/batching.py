@@ -151,6 +151,8 @@ class Batcher:
             else:
                 keep.append(item)
         self._queue = keep
+        if keep:  # other shapes or models are waiting: wake an idle worker for them
+            self._cond.notify()
 
     def _run(self) -> None:
         while True:

@@ -93,9 +93,13 @@ class DataPlane:
         self._update_reason(name)
 
     def _update_reason(self, name: str) -> None:
+        """Say so when a newer version than the one served is broken."""
+        served = self.registry.get_loaded(name, None)
         versions = self.registry.describe().get(name, {}).get("versions", {})
         broken = [
-            f"version {v}: {s['reason']}" for v, s in versions.items() if s["state"] == "failed"
+            f"version {v}: {s['reason']}"
+            for v, s in versions.items()
+            if s["state"] == "failed" and (served is None or int(v) > served.version)
         ]
         self.state.reason = (
             ("serving last good version; skipped " + "; ".join(broken)) if broken else None
@@ -122,7 +126,8 @@ class DataPlane:
         if loaded is not None:
             return loaded
         loaded = await anyio.to_thread.run_sync(self.registry.get, model, version)
-        self.metrics.observe_loaded(loaded, is_default=model == self.state.default_model)
+        default = self.registry.get_loaded(self.state.default_model or "", None)
+        self.metrics.observe_loaded(loaded, is_default=loaded is default)
         return loaded
 
     async def classify(
