@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import anyio
 import anyio.to_thread
 import numpy as np
 
@@ -49,6 +50,7 @@ class DataPlane:
         self.batcher = batcher
         self.metrics = metrics
         self.state = StartupState()
+        self._decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
 
     # --- startup -----------------------------------------------------------------------
     def load_default(self) -> None:
@@ -133,7 +135,9 @@ class DataPlane:
     async def classify(
         self, loaded: LoadedVersion, payloads: list[bytes], request_id: str
     ) -> ClassifyResponse:
-        decoded = await anyio.to_thread.run_sync(self._decode_all, payloads)
+        decoded = await anyio.to_thread.run_sync(
+            self._decode_all, payloads, limiter=self._decode_limiter
+        )
         rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
         results = [
             self._result(i, loaded, image, row)

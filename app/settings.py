@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="Threads making TensorFlow calls (each takes one batch at a time). More "
         "than one lets single-image calls of non-stackable models use all cores.",
     )
+    decode_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Images decoded at the same time (thread pool); bounded so that decoding "
+        "does not starve the inference workers of CPU under load.",
+    )
     max_queue: int = Field(
         default=1024, ge=1, description="Images waiting for inference before new ones get 503."
     )
