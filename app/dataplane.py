@@ -115,6 +115,16 @@ class DataPlane:
             raise NotReady()
         return loaded
 
+    def model_ready(self, name: str) -> LoadedVersion:
+        """The loaded version serving ``name`` by default, without loading anything."""
+        pinned = self.settings.model_version if name == self.state.default_model else None
+        loaded = self.registry.get_loaded(name, pinned)
+        if loaded is not None:
+            return loaded
+        if name not in self.registry.models():
+            raise ModelNotFound(f"Model {name!r} is not in the store.")
+        raise NotReady(f"Model {name!r} is not loaded (it loads on its first request).")
+
     # --- classify ----------------------------------------------------------------------
     async def resolve(self, model: str | None, version: int | None) -> LoadedVersion:
         if model is None:

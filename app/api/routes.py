@@ -168,6 +168,17 @@ def model_version_info(name: str, version: str, dataplane: DataPlaneDep) -> Mode
     return dataplane.model_info(name, _version(version))
 
 
+@models.get(
+    "/v1/models/{name}/ready",
+    response_model=Ready,
+    summary="Is this model's served version loaded? (KServe-style; does not trigger a load)",
+    responses=openapi_errors(Unauthorized, ModelNotFound, NotReady),
+)
+async def model_ready(name: str, dataplane: DataPlaneDep) -> Ready:
+    loaded = dataplane.model_ready(name)
+    return Ready(model=loaded.name, version=loaded.version)
+
+
 # --- classify ----------------------------------------------------------------------------
 async def _classify(
     request: Request,

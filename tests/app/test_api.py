@@ -74,6 +74,9 @@ async def test_model_info_by_name_and_version(client: httpx.AsyncClient) -> None
     listing = (await client.get("/v1/models")).json()
     assert listing["default_model"] == "tiny" and set(listing["models"]) == {"tiny", "other"}
     assert_error(await client.get("/v1/models/nope"), 404, "model_not_found")
+    assert (await client.get("/v1/models/tiny/ready")).json()["version"] == 2
+    assert_error(await client.get("/v1/models/other/ready"), 503, "not_ready")
+    assert_error(await client.get("/v1/models/nope/ready"), 404, "model_not_found")
     assert_error(await client.get("/v1/models/tiny/versions/9"), 404, "version_not_found")
     assert_error(await client.get("/v1/models/tiny/versions/x"), 404, "version_not_found")
 
@@ -482,6 +485,7 @@ async def test_openapi_documents_every_endpoint_and_errors(client: httpx.AsyncCl
         "/v1/models": "get",
         "/v1/models/{name}": "get",
         "/v1/models/{name}/versions/{version}": "get",
+        "/v1/models/{name}/ready": "get",
         "/v1/classify": "post",
         "/v1/models/{name}/classify": "post",
         "/v1/models/{name}/versions/{version}/classify": "post",
