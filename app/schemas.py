@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class InputCheckOut(BaseModel):
@@ -43,7 +43,41 @@ class Summary(BaseModel):
     )
 
 
+_RESULT_EXAMPLE: dict[str, Any] = {
+    "index": 0,
+    "label": "all",
+    "label_description": "ALL lymphoblast (leukaemic)",
+    "probabilities": {"hem": 0.1034, "all": 0.8966},
+    "blast_probability": 0.8966,
+    "threshold": 0.5,
+    "model": "cnmc-improved-cnn",
+    "version": 1,
+    "out_of_distribution": False,
+    "input_check": {
+        "out_of_distribution": False,
+        "reasons": [],
+        "border_dark_fraction": 1.0,
+        "foreground_fraction": 0.1776,
+    },
+    "warnings": [],
+}
+
+
 class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "lab-42",
+                    "model": "cnmc-improved-cnn",
+                    "version": 1,
+                    "results": [_RESULT_EXAMPLE],
+                    "summary": None,
+                }
+            ]
+        }
+    )
+
     request_id: str
     model: str
     version: int
