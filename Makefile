@@ -60,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/mypy --strict docker/*.py
+	$(BIN)/mypy --strict docker/*.py scripts/*.py
 	$(BIN)/hadolint Dockerfile Dockerfile.gpu
 
 format: $(STAMP)
