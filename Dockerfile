@@ -7,28 +7,30 @@
 # On a machine that can pull it, pin the digest too: --build-arg BASE_IMAGE=python:...@sha256:...
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-# ---- requirements: the locked runtime dependencies, checked against pyproject.toml ----
-# docker/requirements-cpu.lock pins every package (transitive ones too); the build fails
-# if it no longer matches pyproject.toml's pins (fix: `make docker-lock`). A stage of its own,
-# so that editing other parts of pyproject.toml leaves the cached venv layer below valid.
-FROM ${BASE_IMAGE} AS requirements
+# ---- lock check: docker/requirements-cpu.lock must match pyproject.toml's pins ----
+# The lock pins every package, transitive ones too. If it no longer matches pyproject.toml
+# the build fails here (fix: `make docker-lock`).
+FROM ${BASE_IMAGE} AS lock-check
 WORKDIR /build
 COPY pyproject.toml docker/runtime_requirements.py docker/requirements-cpu.lock ./
 RUN python3 runtime_requirements.py pyproject.toml \
-        --lock requirements-cpu.lock > requirements.txt
+        --lock requirements-cpu.lock > lock-checked.txt
 
 # ---- builder: a virtual environment with exactly the locked packages ----
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY --from=requirements /build/requirements.txt /build/requirements.txt
+# Only the lock decides this layer: other edits to pyproject.toml keep the cached venv.
+COPY docker/requirements-cpu.lock /build/requirements.lock
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-deps --requirement /build/requirements.txt \
+    && /opt/venv/bin/pip install --no-deps --requirement /build/requirements.lock \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     # C++ headers and libclang only serve building custom ops; never used when serving (~350 MB).
     && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include \
               /opt/venv/lib/python3.11/site-packages/clang/native
+# Depend on the lock check, so every builder (BuildKit skips unused stages) runs it.
+COPY --from=lock-check /build/lock-checked.txt /build/lock-checked.txt
 
 # ---- runtime: slim base + venv + code + the committed model store, as a non-root user ----
 FROM ${BASE_IMAGE} AS runtime
