@@ -96,10 +96,12 @@ class UnexpectedField(ServiceError):
 
 class ModelNotFound(ServiceError):
     status_code, code, default_detail = 404, "model_not_found", "No such model in the store."
+    reject_reason = "model_not_found"
 
 
 class VersionNotFound(ServiceError):
     status_code, code, default_detail = 404, "version_not_found", "No such model version."
+    reject_reason = "version_not_found"
 
 
 class Unauthorized(ServiceError):
@@ -109,6 +111,7 @@ class Unauthorized(ServiceError):
 
 class ValidationFailed(ServiceError):
     status_code, code, default_detail = 422, "validation_error", "The request is invalid."
+    reject_reason = "validation_error"
 
 
 class NotFound(ServiceError):
@@ -191,6 +194,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         request.state.error_code = ValidationFailed.code
+        request.app.state.metrics.rejected.labels(ValidationFailed.reject_reason).inc()
         return error_response(ValidationFailed(_validation_detail(exc)))
 
     app.add_exception_handler(ServiceError, on_service_error)

@@ -349,6 +349,9 @@ async def test_unknown_model_and_version(client: httpx.AsyncClient) -> None:
         404,
         "version_not_found",
     )
+    metrics = (await client.get("/metrics")).text
+    assert metric_value(metrics, "leuk_inputs_rejected_total", reason="model_not_found") == 1
+    assert metric_value(metrics, "leuk_inputs_rejected_total", reason="version_not_found") == 2
 
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
