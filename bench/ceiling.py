@@ -20,6 +20,7 @@ import io
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,36 @@ def measure_signature(model_dir: str, pixels: np.ndarray, seconds: float) -> dic
         "by_batch": results,
         "best_batch": int(best),
         "best_images_per_s": results[best]["images_per_s"],
+        "single_image_threads": {
+            str(n): measure_single_image_threads(signature, pixels, n, seconds) for n in (2, 4)
+        },
     }
+
+
+def measure_single_image_threads(
+    signature: Any, pixels: np.ndarray, threads: int, seconds: float
+) -> dict[str, float]:
+    """One image per call from ``threads`` threads at once: the service's per-image mode
+    (models whose stacked rows are not bit-identical to single-image rows)."""
+    import tensorflow as tf
+
+    image = tf.constant(pixels[np.newaxis])
+    counts = [0] * threads
+    stop = time.perf_counter() + max(seconds, 1.0)
+
+    def worker(index: int) -> None:
+        while time.perf_counter() < stop:
+            signature(images=image)["probabilities"].numpy()
+            counts[index] += 1
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"images_per_s": sum(counts) / wall, "cpu_ms_per_image": 1000 * cpu / sum(counts)}
 
 
 def measure_keras_predict(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[str, float]:

@@ -206,6 +206,18 @@ def _ceiling_section(results: dict[str, Any]) -> list[str]:
         "",
         *_table(BATCH_HEADER, _batch_rows(sig["by_batch"])),
     ]  # fmt: skip
+    threads = sig.get("single_image_threads", {})
+    if threads:
+        parts = [
+            f"{n} threads {_f(v['images_per_s'])} images/s "
+            f"({_f(v['cpu_ms_per_image'], 2)} CPU ms/image)"
+            for n, v in threads.items()
+        ]
+        lines += [
+            "",
+            "One image per call from several threads at once (the service's per-image "
+            "mode for models whose stacked rows are not bit-identical): " + "; ".join(parts) + ".",
+        ]
     tflite = ceiling.get("tflite")
     if tflite and "by_batch" in tflite:
         lines += [
@@ -327,14 +339,17 @@ def _sweep(results: dict[str, Any]) -> list[str]:
         if "error" in variant:
             rows.append([variant["variant"], "-", "failed: " + variant["error"][:80]] + [""] * 5)
             continue
+        label = f"{variant['variant']} [{', '.join(variant.get('batching', []))}]"
         for r in variant["runs"]:
             rows.append([
-                variant["variant"], r["concurrency"], _f(r["images_per_s"]),
-                _f(r["latency_ms"]["p50"]), _f(r["latency_ms"]["p99"]), r["errors"],
-                _f(r["server_cpu_util"], 2), _mib(variant["memory_end"]["vm_hwm_kib"]),
+                label, r["concurrency"], _f(r["images_per_s"]), _f(r["latency_ms"]["p50"]),
+                _f(r["latency_ms"]["p99"]), r["errors"], _f(r["server_cpu_util"], 2),
+                _mib(variant["memory_end"]["vm_hwm_kib"]),
             ])  # fmt: skip
-    header = ["variant", "conc.", "images/s", "p50 ms", "p99 ms", "errors", "server CPU (cores)",
-              "peak RSS MiB"]  # fmt: skip
+    header = [
+        "variant [batching mode]", "conc.", "images/s", "p50 ms", "p99 ms", "errors",
+        "server CPU (cores)", "peak RSS MiB",
+    ]  # fmt: skip
     return ["## Settings sweep (service restarted per variant)", "", *_table(header, rows)]
 
 

@@ -147,12 +147,15 @@ class Bench:
             startup_s = server.start()
             print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
             idle = server.memory()
+            models = _json_or_none(server.get_text("/v1/models"))
             for body_kind, concurrency in plan:
                 runs.append(self.load(server, self.bodies[body_kind], concurrency))
             info = {
                 "command": server.command,
                 "env": dict(server.env),
                 "startup_s": startup_s,
+                "models": models,
+                "batching": _batching_modes(models),
                 "memory_ready": idle,
                 "memory_end": server.memory(),
             }
@@ -255,13 +258,18 @@ def run_ceiling(args: argparse.Namespace, model_dir: Path, out: Path) -> dict[st
 
 
 # Settings tried by --sweep: each is one service restart with these environment variables.
+STACK = {"LEUK_EXACT_BATCHING": "false"}
 SWEEP_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("defaults", {}),
-    ("batch 8", {"LEUK_MAX_BATCH_SIZE": "8"}),
-    ("batch 32", {"LEUK_MAX_BATCH_SIZE": "32"}),
-    ("batch 64", {"LEUK_MAX_BATCH_SIZE": "64"}),
-    ("wait 0 ms", {"LEUK_MAX_BATCH_WAIT_MS": "0"}),
-    ("wait 10 ms", {"LEUK_MAX_BATCH_WAIT_MS": "10"}),
+    ("stack batches (exact_batching off)", STACK),
+    ("stacked, batch 8", {**STACK, "LEUK_MAX_BATCH_SIZE": "8"}),
+    ("stacked, batch 32", {**STACK, "LEUK_MAX_BATCH_SIZE": "32"}),
+    ("stacked, batch 64", {**STACK, "LEUK_MAX_BATCH_SIZE": "64"}),
+    ("stacked, wait 0 ms", {**STACK, "LEUK_MAX_BATCH_WAIT_MS": "0"}),
+    ("stacked, wait 10 ms", {**STACK, "LEUK_MAX_BATCH_WAIT_MS": "10"}),
+    ("inference workers 1", {"LEUK_INFERENCE_WORKERS": "1"}),
+    ("inference workers 4", {"LEUK_INFERENCE_WORKERS": "4"}),
+    ("decode threads 2", {"LEUK_DECODE_THREADS": "2"}),
     ("intra 1 inter 1", {"LEUK_TF_INTRA_OP_THREADS": "1", "LEUK_TF_INTER_OP_THREADS": "1"}),
     ("intra 2 inter 1", {"LEUK_TF_INTRA_OP_THREADS": "2", "LEUK_TF_INTER_OP_THREADS": "1"}),
     ("oneDNN off", {"TF_ENABLE_ONEDNN_OPTS": "0"}),
@@ -312,6 +320,7 @@ def run_sweep(bench: Bench, store: Path, out: Path) -> list[dict[str, Any]]:
             {
                 "variant": label,
                 "env": env,
+                "batching": info["batching"],
                 "command": info["command"],
                 "memory_end": info["memory_end"],
                 "runs": runs,
@@ -345,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=["service", "naive", "floor", "ceiling", "multipart"],
     )
     parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
-    parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 32, 64])
+    parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 64])
     args = parser.parse_args(argv)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -429,6 +438,22 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {out}/results.json, results.md, results.png in {results['meta']['elapsed_s']:.0f} s"
     )
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _batching_modes(models: Any) -> list[str]:
+    """The service's batching mode per loaded version ("stacked" or "per_image")."""
+    modes: list[str] = []
+    if isinstance(models, dict):
+        for model in models.get("models", {}).values():
+            modes += [str(v.get("batching")) for v in model.get("versions", {}).values()]
+    return modes
 
 
 def _cpu_model() -> str:
