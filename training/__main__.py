@@ -41,29 +41,58 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--name", default=None)
     run.add_argument("--no-cv", action="store_true", help="skip the cross-validation folds")
     run.add_argument("--description", default="")
+    run.add_argument(
+        "--only-fold",
+        choices=["fold_A", "fold_B", "fold_C"],
+        default=None,
+        help="probe a recipe on one CV fold only (no final model, no export)",
+    )
+    run.add_argument(
+        "--cv-from",
+        type=Path,
+        default=None,
+        help="reuse cv.json of an earlier run with the identical config and data",
+    )
     for f in dataclasses.fields(TrainConfig):
         if f.name == "architecture":
             continue
-        kind = f.type if isinstance(f.type, type) else eval(str(f.type))
-        if kind is bool:
+        flag = f"--{f.name.replace('_', '-')}"
+        kind = str(f.type)
+        if kind == "bool":
             run.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                default=None,
-                type=lambda v: v.lower() in {"1", "true", "yes"},
+                flag, dest=f.name, default=None, type=lambda v: v.lower() in {"1", "true", "yes"}
+            )
+        elif kind.startswith("tuple"):
+            run.add_argument(
+                flag, dest=f.name, default=None, type=lambda v: tuple(int(w) for w in v.split(","))
             )
         else:
-            run.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+            run.add_argument(
+                flag, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None
+            )
     cmp = sub.add_parser("compare", help="write the paper-vs-improved comparison report")
     cmp.add_argument("--paper-run", type=Path, required=True)
     cmp.add_argument("--improved-run", type=Path, required=True)
     cmp.add_argument("--out", type=Path, required=True)
+    pro = sub.add_parser("promote", help="copy a staged version into the model store")
+    pro.add_argument("staged", type=Path, help="e.g. runs/store/cnmc-improved-cnn/1")
+    pro.add_argument("--model-store", type=Path, default=Path("model_store"))
+    tput = sub.add_parser("throughput", help="s/epoch: cached tf.data vs re-decoding files")
+    tput.add_argument("--data", type=Path, default=Path("../shared/data/cnmc"))
+    tput.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    tput.add_argument("--epochs", type=int, default=2)
+    tput.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
     if args.command == "run":
         from training.pipeline import train_and_export
 
         config = build_config(args)
+        if args.only_fold:
+            from training.pipeline import probe_fold
+
+            probe_fold(config, args.data, args.cache_dir, args.run_dir, args.only_fold)
+            return 0
         name = args.name or f"cnmc-{config.architecture}-cnn"
         train_and_export(
             config,
@@ -74,7 +103,19 @@ def main(argv: list[str] | None = None) -> int:
             name,
             do_cv=not args.no_cv,
             description=args.description,
+            cv_from=args.cv_from,
         )
+        return 0
+    if args.command == "promote":
+        from training.export import promote
+
+        card = json.loads((args.staged / "model_card.json").read_text())
+        print(promote(args.staged, args.model_store / card["name"]))
+        return 0
+    if args.command == "throughput":
+        from training.throughput import measure
+
+        measure(args.data, args.cache_dir, args.epochs, args.out)
         return 0
     from training.report import write_comparison
 

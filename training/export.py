@@ -28,6 +28,8 @@ INTENDED_USE = (
     "white-cell images. Not a diagnostic device; not validated for clinical use."
 )
 
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+
 
 class CellClassifier(tf.Module):  # type: ignore[misc]
     """uint8 images of any size -> [N, 2] probabilities ordered as ``LABELS``."""
@@ -38,7 +40,7 @@ class CellClassifier(tf.Module):  # type: ignore[misc]
         self.input_size = input_size
         self.crop_fraction = crop_fraction
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)  # type: ignore[untyped-decorator]
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = resize_for_model(images, self.input_size, self.crop_fraction)
         p_all = tf.reshape(self.model(tf.cast(pixels, tf.float32), training=False), [-1])
@@ -164,6 +166,30 @@ def export_version(
             except OSError:
                 if not (model_dir / str(version)).exists():
                     raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def promote(staged: Path | str, model_dir: Path | str) -> Path:
+    """Copy a reviewed, staged version into ``model_dir`` as its next version (atomically).
+
+    The files are verified against the card's hashes first, so nothing corrupted is promoted.
+    """
+    staged, model_dir = Path(staged), Path(model_dir)
+    card = json.loads((staged / "model_card.json").read_text())
+    actual = {k: v for k, v in sha256_files(staged).items() if k in card["files"]}
+    if actual != card["files"]:
+        raise ValueError(f"{staged}: files do not match the card's sha256 list")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{secrets.token_hex(4)}"
+    try:
+        shutil.copytree(staged, tmp)
+        version = next_version(model_dir)
+        card["version"] = version
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        os.rename(tmp, model_dir / str(version))
+        return model_dir / str(version)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

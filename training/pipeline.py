@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from training.evaluate import (
     plot_roc,
 )
 from training.export import build_card, export_version
+from training.models import with_dihedral_average
 from training.splits import Split, cv_splits, final_split, subject_table
 from training.train import TrainConfig, TrainResult, dump_json, predict_p_all, train_model
 
@@ -56,6 +59,8 @@ def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOu
         flush=True,
     )
     result = train_model(config, train, val, label=split.name)
+    if config.test_time_dihedral:
+        result.model = with_dihedral_average(result.model)
     p_val = predict_p_all(result.model, val)
     threshold = choose_threshold(val.labels, p_val)
     outcome = FoldOutcome(
@@ -131,6 +136,28 @@ def cross_validate(config: TrainConfig, images: CachedImages, run_dir: Path) -> 
     return cv
 
 
+def reuse_cross_validation(
+    config: TrainConfig, images: CachedImages, earlier_run: Path, run_dir: Path
+) -> dict[str, Any]:
+    """Reuse the CV results of an earlier run of the *same* config and data."""
+    earlier = json.loads((earlier_run / "config.json").read_text())
+    if TrainConfig.from_dict(earlier["config"]) != config:
+        raise ValueError(f"{earlier_run} used a different training config; cannot reuse its CV")
+    manifest = (
+        json.loads((earlier_run / "final.json").read_text())["manifest_sha256"]
+        if (earlier_run / "final.json").exists()
+        else None
+    )
+    if manifest not in (None, images.manifest_sha256):
+        raise ValueError(f"{earlier_run} used different data; cannot reuse its CV")
+    for name in ("cv.json", "cv_predictions.npz", "cv_roc.png", "cv_confusion.png"):
+        if earlier_run.resolve() != run_dir.resolve():
+            shutil.copyfile(earlier_run / name, run_dir / name)
+    cv: dict[str, Any] = json.loads((run_dir / "cv.json").read_text())
+    cv["reused_from"] = str(earlier_run)
+    return cv
+
+
 def train_and_export(
     config: TrainConfig,
     data_root: Path,
@@ -140,6 +167,7 @@ def train_and_export(
     name: str,
     do_cv: bool = True,
     description: str = "",
+    cv_from: Path | None = None,
 ) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_json(
@@ -162,7 +190,11 @@ def train_and_export(
     for p in images.problems:
         print(f"  problem: {p.path}: {p.reason}", flush=True)
     dump_json(data_info, run_dir / "data.json")
-    cv = cross_validate(config, images, run_dir) if do_cv else None
+    cv: dict[str, Any] | None = None
+    if cv_from is not None:
+        cv = reuse_cross_validation(config, images, cv_from, run_dir)
+    elif do_cv:
+        cv = cross_validate(config, images, run_dir)
 
     table = subject_table(images.subjects, images.labels)
     split = final_split(table, config.validation_fraction, config.validation_max_share)
@@ -280,3 +312,28 @@ def train_and_export(
     summary["exported"] = str(out)
     dump_json(summary, run_dir / "final.json")
     return summary
+
+
+def probe_fold(
+    config: TrainConfig, data_root: Path, cache_dir: Path | None, run_dir: Path, fold: str
+) -> dict[str, Any]:
+    """Train and score one CV fold only: a cheap look at a recipe (no final model, no export)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    images = load_images(data_root, config.input_size, config.crop_fraction, cache_dir)
+    table = subject_table(images.subjects, images.labels)
+    splits = {
+        s.name: s
+        for s in cv_splits(table, 3, config.validation_fraction, config.validation_max_share)
+    }
+    outcome = run_split(config, images, splits[fold])
+    result = {
+        "config": config.to_dict(),
+        "fold": fold,
+        "threshold": outcome.threshold,
+        "selected_epoch": outcome.result.selected_epoch,
+        "validation": outcome.validation,
+        "test": outcome.test,
+        "splits": split_counts(images, splits[fold]),
+    }
+    dump_json(result, run_dir / f"probe-{fold}.json")
+    return result

@@ -36,6 +36,15 @@ class TrainConfig:
     augment: bool = True
     select_epoch: str = "best_val_auc"  # or "last" (the paper trains a fixed 20 epochs)
     seed: int = 0
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    dropout: float = 0.3
+    stain_normalization: bool = True
+    shape_features: bool = False
+    grayscale: bool = False
+    blur_noise: bool = False
+    test_time_dihedral: bool = False
+    silhouette: bool = False
+    area_only: bool = False
     validation_fraction: float = 0.15
     validation_max_share: float = 0.25
 
@@ -46,8 +55,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def improved_options(self) -> dict[str, Any]:
+        return {
+            "widths": tuple(self.widths),
+            "dropout": self.dropout,
+            "stain_normalization": self.stain_normalization,
+            "shape_features": self.shape_features,
+            "grayscale": self.grayscale,
+            "silhouette": self.silhouette,
+            "area_only": self.area_only,
+        }
+
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        if "widths" in d:
+            d["widths"] = tuple(d["widths"])
         return TrainConfig(**d)
 
 
@@ -90,20 +113,41 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def _augment(
-    pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
+def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    radius = 3
+    r = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-0.5 * tf.square(r / tf.maximum(sigma, 1e-3)))
+    k = k / tf.reduce_sum(k)
+    kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1])
+    ky = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1])
+    y = tf.nn.depthwise_conv2d(x[None], kx, [1, 1, 1, 1], "SAME")
+    return tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], "SAME")[0]
 
-    Gains are multiplicative so the black background stays black.
-    """
-    x = tf.cast(pixels, tf.float32)
-    x = tf.image.random_flip_left_right(x)
-    x = tf.image.random_flip_up_down(x)
-    x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-    gain = tf.random.uniform([1, 1, 3], 0.9, 1.1) * tf.random.uniform([], 0.85, 1.15)
-    x = tf.clip_by_value(x * gain, 0.0, 255.0)
-    return x, label, weight
+
+def make_augment(blur_noise: bool) -> Any:
+    def augment(
+        pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
+
+        Gains are multiplicative so the black background stays black. Optional blur and
+        noise blunt the per-donor focus/sensor differences a network can latch onto.
+        """
+        x = tf.cast(pixels, tf.float32)
+        x = tf.image.random_flip_left_right(x)
+        x = tf.image.random_flip_up_down(x)
+        x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+        gain = tf.random.uniform([1, 1, 3], 0.9, 1.1) * tf.random.uniform([], 0.85, 1.15)
+        x = x * gain
+        if blur_noise:
+            foreground = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, tf.float32)
+            x = _blur(x, tf.random.uniform([], 0.01, 1.2))
+            x = x + tf.random.normal(tf.shape(x), 0.0, tf.random.uniform([], 0.0, 4.0))
+            x = x * foreground
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        return x, label, weight
+
+    return augment
 
 
 def make_dataset(
@@ -113,6 +157,7 @@ def make_dataset(
     augment: bool,
     class_weights: dict[int, float] | None,
     seed: int,
+    blur_noise: bool = False,
 ) -> tf.data.Dataset:
     labels = images.labels.astype(np.float32)
     weights = (
@@ -124,7 +169,9 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
-        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            make_augment(blur_noise), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -169,7 +216,7 @@ def train_model(
     config: TrainConfig, train: CachedImages, validation: CachedImages, label: str = "train"
 ) -> TrainResult:
     set_seed(config.seed)
-    model = make_model(config.spec)
+    model = make_model(config.spec, **config.improved_options())
     steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
     lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.cosine_decay:
@@ -189,13 +236,24 @@ def train_model(
         counts = np.bincount(train.labels, minlength=2).astype(float)
         class_weights = {k: float(counts.sum() / (2 * counts[k])) for k in (0, 1)}
     train_ds = make_dataset(
-        train, config.batch_size, True, config.augment, class_weights, config.seed
+        train,
+        config.batch_size,
+        True,
+        config.augment,
+        class_weights,
+        config.seed,
+        config.blur_noise,
     )
     val_ds = make_dataset(validation, 128, False, False, None, config.seed)
     progress = Progress(len(train.labels), config.epochs, config.select_epoch, label)
     start = time.monotonic()
     fit = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, verbose=0, callbacks=[progress]
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        verbose=0,
+        callbacks=[progress],
+        shuffle=False,  # train_ds reshuffles itself every epoch
     )
     seconds = time.monotonic() - start
     selected = config.epochs

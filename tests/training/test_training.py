@@ -14,14 +14,24 @@ from training import export as export_module
 from training.data import decode_rgb, discover, load_images, parse_subject_id
 from training.evaluate import choose_threshold, classification_metrics
 from training.export import next_version
-from training.models import make_model, make_paper_model
+from training.models import make_model, make_paper_model, with_dihedral_average
 from training.pipeline import train_and_export
 from training.splits import cv_splits, final_split, subject_table
 from training.train import TrainConfig, predict_p_all, train_model
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "cnmc_real"
-TINY_CONFIG = TrainConfig(
-    architecture="improved", input_size=32, crop_fraction=0.9, epochs=2, batch_size=8, seed=1
+TINY_CONFIG = TrainConfig(  # the shipped improved recipe, shrunk
+    architecture="improved",
+    input_size=32,
+    crop_fraction=0.9,
+    epochs=2,
+    batch_size=8,
+    seed=1,
+    widths=(8, 16),
+    stain_normalization=False,
+    shape_features=True,
+    blur_noise=True,
+    test_time_dihedral=True,
 )
 
 
@@ -108,7 +118,7 @@ def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> 
     card = json.loads((version_dir / "model_card.json").read_text())
     assert card["labels"] == ["hem", "all"] and card["positive_label"] == "all"
     assert 0.0 <= card["threshold"] <= 1.0
-    assert card["training"]["config"] == TINY_CONFIG.to_dict()
+    assert TrainConfig.from_dict(card["training"]["config"]) == TINY_CONFIG
     assert card["data"]["duplicates_dropped"] == 1
     assert len(card["metrics"]["cross_validation"]["folds"]) == 3
     assert "NOT this model's own test set" in card["metrics"]["test"]["what"]
@@ -128,9 +138,9 @@ def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> 
 def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path: Path) -> None:
     images = load_images(cnmc_tiny, 32, 0.9)
     config = dataclasses.replace(TINY_CONFIG, epochs=1)
-    result = train_model(config, images, images)
+    model = with_dihedral_average(train_model(config, images, images).model)
     out = export_module.export_version(
-        result.model, tmp_path, 32, 0.9, lambda v, f: {"version": v, "files": f}
+        model, tmp_path, 32, 0.9, lambda v, f: {"version": v, "files": f}
     )
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     first = images.subset(np.arange(len(images.labels)) < 6)
@@ -140,7 +150,7 @@ def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     # Resize happens inside the signature and equals the training cache bit for bit, so the
     # probabilities match the Keras model applied to the cached pixels.
-    np.testing.assert_allclose(probs[:, 1], predict_p_all(result.model, first), atol=1e-5)
+    np.testing.assert_allclose(probs[:, 1], predict_p_all(model, first), atol=1e-5)
 
 
 def test_versions_increment_and_failed_export_leaves_nothing(
@@ -166,3 +176,19 @@ def test_versions_increment_and_failed_export_leaves_nothing(
     with pytest.raises(OSError):
         export_module.export_version(model, store, 32, 1.0, card)
     assert sorted(p.name for p in store.iterdir()) == [".tmp-stale", "1", "2", "notes"]
+
+
+def test_promote_copies_verified_versions_only(tmp_path: Path) -> None:
+    model = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
+    staged = export_module.export_version(
+        model, tmp_path / "staging", 32, 0.9, lambda v, f: {"name": "m", "version": v, "files": f}
+    )
+    store = tmp_path / "model_store" / "m"
+    assert export_module.promote(staged, store).name == "1"
+    second = export_module.promote(staged, store)
+    assert second.name == "2"
+    assert json.loads((second / "model_card.json").read_text())["version"] == 2
+    (staged / "saved_model.pb").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        export_module.promote(staged, store)
+    assert sorted(p.name for p in store.iterdir()) == ["1", "2"]
