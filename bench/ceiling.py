@@ -212,13 +212,25 @@ def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any
     kernel). Built from training.models with the card's architecture and untrained weights:
     speed does not depend on the weights' values, only on the ops and shapes.
     """
+    import inspect
+
     import tensorflow as tf
 
-    from training.models import make_model, spec_for
+    from training import models
 
     config = card.get("training", {}).get("config", {})
-    spec = spec_for(card["architecture"], config.get("input_size"), config.get("crop_fraction"))
-    model = make_model(spec)
+    spec = models.spec_for(
+        card["architecture"], config.get("input_size"), config.get("crop_fraction")
+    )
+    options = {}
+    if spec.architecture == "improved":  # the card's training config names the variant
+        accepted = inspect.signature(models.make_improved_model).parameters
+        options = {k: v for k, v in config.items() if k in accepted and k != "input_size"}
+        if "widths" in options:
+            options["widths"] = tuple(options["widths"])
+    model = models.make_model(spec, **options)
+    if config.get("test_time_dihedral"):
+        model = models.with_dihedral_average(model)
     size = spec.input_size
     call = tf.function(
         lambda x: model(x, training=False),
@@ -242,6 +254,7 @@ def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any
     tflite_by_batch = _tflite_by_batch(flatbuffer, pixels, seconds, CORE_BATCH_SIZES)
     return {
         "architecture": spec.architecture,
+        "options": {**options, "test_time_dihedral": bool(config.get("test_time_dihedral"))},
         "input_size": size,
         "tensorflow": {"by_batch": tf_by_batch, **_best(tf_by_batch)},
         "tflite": {"by_batch": tflite_by_batch, **_best(tflite_by_batch)},
