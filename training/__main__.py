@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     tput.add_argument("--cache-dir", type=Path, default=Path("cache"))
     tput.add_argument("--epochs", type=int, default=2)
     tput.add_argument("--out", type=Path, default=None)
+    pred = sub.add_parser("predict", help="classify image files with an exported version")
+    pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
+    pred.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -111,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
         card = json.loads((args.staged / "model_card.json").read_text())
         print(promote(args.staged, args.model_store / card["name"]))
+        return 0
+    if args.command == "predict":
+        from training.predict import classify_files
+
+        for row in classify_files(args.version_dir, args.files):
+            print(json.dumps(row))
         return 0
     if args.command == "throughput":
         from training.throughput import measure

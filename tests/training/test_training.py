@@ -192,3 +192,28 @@ def test_promote_copies_verified_versions_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sha256"):
         export_module.promote(staged, store)
     assert sorted(p.name for p in store.iterdir()) == ["1", "2"]
+
+
+def test_predict_files_uses_the_signature_and_card(tmp_path: Path) -> None:
+    from training.predict import classify_files, predict_files
+
+    model = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
+    version = export_module.export_version(
+        model,
+        tmp_path,
+        32,
+        0.9,
+        lambda v, f: {
+            "labels": ["hem", "all"],
+            "positive_label": "all",
+            "threshold": 0.5,
+            "files": f,
+        },
+    )
+    files = sorted(REAL.rglob("*.png"))[:3]
+    probs = predict_files(version, files)
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    direct = serve(images=tf.constant(decode_rgb(files[0])[None]))["probabilities"].numpy()[0]
+    np.testing.assert_array_equal(probs[0], direct)
+    rows = classify_files(version, files)
+    assert [r["label"] for r in rows] == ["all" if p[1] >= 0.5 else "hem" for p in probs]
