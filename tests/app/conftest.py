@@ -28,13 +28,6 @@ OOD_JPEGS = sorted((DATA / "ood").rglob("*.jpg"))
 COMMITTED_STORE = Path(os.environ.get("APP_TEST_MODEL_STORE", REPO / "model_store"))
 
 
-def committed_store_ready() -> bool:
-    """True once training has exported real models into the repo's model_store/."""
-    return (COMMITTED_STORE / "DEFAULT").is_file() and any(
-        child.is_dir() and not child.name.startswith(".") for child in COMMITTED_STORE.iterdir()
-    )
-
-
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"

@@ -18,18 +18,11 @@ from tests.app.conftest import (
     CNMC_PNGS,
     COMMITTED_STORE,
     OOD_JPEGS,
-    committed_store_ready,
     serve,
 )
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(
-        not committed_store_ready(),
-        reason="no committed model yet: model_store/DEFAULT and a model folder are written by "
-        "training/ (python -m training export)",
-    ),
-]
+# The committed store is part of the repo: these tests fail (not skip) when it is missing.
+pytestmark = pytest.mark.anyio
 
 REAL_FILES = [*CNMC_PNGS, CNMC_BMP]
 
@@ -40,10 +33,16 @@ async def real_client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def _default_version_dir() -> Path:
+def _default_version_dir(name: str | None = None) -> Path:
     registry = ModelRegistry(COMMITTED_STORE)
-    name = registry.default_model_name(None)
+    name = name or registry.default_model_name(None)
     return COMMITTED_STORE / name / str(max(registry.models()[name]))
+
+
+def test_committed_store_has_both_models() -> None:
+    models = ModelRegistry(COMMITTED_STORE).models()
+    assert {"cnmc-improved-cnn", "cnmc-paper-cnn"} <= set(models)
+    assert (COMMITTED_STORE / "DEFAULT").read_text().strip() in models
 
 
 def _reference_probabilities(paths: list[Path]) -> np.ndarray:
@@ -88,18 +87,29 @@ async def test_service_equals_independent_saved_model_prediction(
         assert result["out_of_distribution"] is False
 
 
-async def test_service_equals_training_package_prediction(real_client: httpx.AsyncClient) -> None:
-    predict_files = pytest.importorskip("training.predict").predict_files
-    version_dir = _default_version_dir()
+@pytest.mark.parametrize("model", [None, "cnmc-improved-cnn", "cnmc-paper-cnn"])
+async def test_service_equals_training_package_prediction(
+    real_client: httpx.AsyncClient, model: str | None
+) -> None:
+    from training.predict import predict_files
+
+    version_dir = _default_version_dir(model)
     expected = np.asarray(predict_files(version_dir, REAL_FILES))
+    path_prefix = "/v1" if model is None else f"/v1/models/{model}"
     for path, p_row in zip(REAL_FILES, expected, strict=True):
         content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
         response = await real_client.post(
-            "/v1/classify", content=path.read_bytes(), headers={"content-type": content_type}
+            f"{path_prefix}/classify",
+            content=path.read_bytes(),
+            headers={"content-type": content_type},
         )
-        blast = response.json()["results"][0]["blast_probability"]
-        p_all = float(p_row[1]) if np.ndim(p_row) else float(p_row)
-        assert blast == p_all, path.name
+        body = response.json()
+        assert body["model"] == version_dir.parent.name
+        assert body["version"] == int(version_dir.name)
+        result = body["results"][0]
+        assert result["probabilities"] == {"hem": float(p_row[0]), "all": float(p_row[1])}
+        expected_label = "all" if p_row[1] >= result["threshold"] else "hem"
+        assert result["label"] == expected_label, path.name
 
 
 async def test_real_model_batched_equals_single(real_client: httpx.AsyncClient) -> None:
