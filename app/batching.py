@@ -8,11 +8,14 @@ that arrive while the workers are busy are served together. If others were alrea
 waiting (the model is under load) and the batch is not full, the worker waits up to
 ``max_batch_wait`` for more to arrive.
 
-Batched == single: the registry probes each model version at load (``batch_exact``):
-are stacked rows bit-identical to single-image results? CPU kernels (oneDNN) may pick a
-batch-size-dependent summation order; for the improved C-NMC CNN rows differ by ~1e-7.
-Such a model is never stacked: each worker runs one image per call and the workers run
-in parallel, so a result never depends on which requests it arrived with.
+Batched == single: CPU kernels (oneDNN) may sum in a batch-size-dependent order. The
+registry probes each model version at load for its stacking floor (``min_batch``): the
+smallest batch size from which every size gives bit-identical rows. For the committed
+C-NMC models only batch size 1 differs (~1e-7), so every call here has at least 2 images:
+a lone image is padded with a copy of itself (rows never mix, so the copy does not change
+the real row) and a result never depends on which requests it arrived with. A model with
+no small floor is never stacked: each worker runs one image per call. The batch-size
+histogram counts real images, not padding.
 """
 
 from __future__ import annotations
@@ -46,6 +49,13 @@ class _Item:
     @property
     def key(self) -> tuple[str, int, tuple[int, ...]]:
         return (self.model.name, self.model.version, self.pixels.shape)
+
+
+def _stack(batch: list[_Item], min_batch: int) -> NDArray[np.uint8]:
+    """The batch as one array, padded with copies of its last image up to ``min_batch``."""
+    images = [item.pixels for item in batch]
+    images += [images[-1]] * (min_batch - len(images))
+    return images[0][None] if len(images) == 1 else np.stack(images)
 
 
 class Batcher:
@@ -123,7 +133,7 @@ class Batcher:
                 return None
             first = self._queue.popleft()
             batch = [first]
-            if not first.model.batch_exact:
+            if first.model.min_batch is None:
                 # Stacking would change this model's results in the last bits (see module
                 # docstring): it runs one image per call, in parallel on the other workers.
                 return batch
@@ -166,12 +176,7 @@ class Batcher:
             waits = [started - item.enqueued for item in batch]
             model = batch[0].model
             try:
-                pixels = (
-                    batch[0].pixels[None]
-                    if len(batch) == 1
-                    else np.stack([item.pixels for item in batch])
-                )
-                probabilities = model.runtime.predict(pixels)
+                probabilities = model.runtime.predict(_stack(batch, model.min_batch or 1))
             except BaseException as exc:  # deliver every failure to the waiting requests
                 for item in batch:
                     item.future.set_exception(exc)

@@ -65,9 +65,10 @@ class LoadedVersion:
     runtime: ModelRuntime
     load_seconds: float
     loaded_at: str
-    # False: batched rows differ from single-image rows in the last bits for this model, so
-    # the batcher runs it one image per call (see app/batching.py).
-    batch_exact: bool = True
+    # Smallest batch this version is run at (smaller batches are padded with copies) so that
+    # every result is bit-identical whatever it is batched with; None: one image per call.
+    # Probed at load by ``stacking_floor``; see app/batching.py.
+    min_batch: int | None = 1
 
     @property
     def key(self) -> tuple[str, int]:
@@ -89,8 +90,8 @@ class VersionFailed(Exception):
 
 
 Loader = Callable[[Path, ModelCard], ModelRuntime]
-Warmup = Callable[[ModelRuntime], bool]
-"""Runs the first calls of a fresh runtime; returns whether batching is bit-exact for it."""
+Warmup = Callable[[ModelRuntime], int | None]
+"""Runs the first calls of a fresh runtime; returns its stacking floor (see ``stacking_floor``)."""
 
 
 def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
@@ -115,36 +116,45 @@ def probe_images(count: int, seed: int = 0) -> NDArray[np.uint8]:
     return images
 
 
-def batching_is_exact(runtime: ModelRuntime, max_batch_size: int) -> bool:
-    """Are rows of a batch bit-identical to the same images run alone?
+def stacking_floor(runtime: ModelRuntime, max_batch_size: int, max_floor: int = 4) -> int | None:
+    """Smallest batch size m such that every batch of m or more images gives rows that are
+    bit-identical to each other; None when no m <= ``max_floor`` works.
 
-    CPU kernels (oneDNN convolutions, matmuls) may choose a different summation order for a
-    different batch size, which changes the last float bits. Measured on the C-NMC models:
-    the paper CNN is batch-invariant, the improved CNN is not. This probe decides per
-    version whether the batcher may stack images into one call.
+    CPU kernels (oneDNN) may sum in a batch-size-dependent order. Measured on the committed
+    C-NMC models: batch size 1 differs from all others by ~1e-7 while every size >= 2
+    agrees, so they are run at batch >= 2 (m = 2). Rows never mix (per-row independence),
+    so padding a small batch with copies does not change the real rows.
     """
-    count = min(max_batch_size, 32)
+    count = min(max_batch_size, 16)
     if count < 2:
-        return True
+        return 1
     images = probe_images(count, seed=1)
-    singles = np.concatenate([runtime.predict(images[i : i + 1]) for i in range(count)])
-    for size in sorted({2, 3, min(count, 8), count} & set(range(2, count + 1))):
-        for start in range(0, count - size + 1, size):
-            if not np.array_equal(
-                runtime.predict(images[start : start + size]), singles[start : start + size]
-            ):
-                return False
-    return True
+    reference = runtime.predict(images)
+    checked: dict[int, bool] = {}
+
+    def agrees(size: int) -> bool:
+        if size not in checked:
+            checked[size] = all(
+                np.array_equal(runtime.predict(images[s : s + size]), reference[s : s + size])
+                for s in range(0, count - size + 1, size)
+            )
+        return checked[size]
+
+    larger = sorted({2, 3, min(count, 8)})
+    for floor in range(1, min(max_floor, count) + 1):
+        if all(agrees(size) for size in [floor, *(s for s in larger if s > floor)]):
+            return floor
+    return None
 
 
 def warmup_runtime(batch_sizes: Sequence[int], max_batch_size: int = 1) -> Warmup:
     """Run each batch size once at 450x450 (first calls allocate kernels and buffers), then
-    probe whether batching is bit-exact."""
+    probe the stacking floor (``max_batch_size`` 1: no probe, stack freely)."""
 
-    def warm(runtime: ModelRuntime) -> bool:
+    def warm(runtime: ModelRuntime) -> int | None:
         for size in batch_sizes:
             runtime.predict(probe_images(size))
-        return batching_is_exact(runtime, max_batch_size)
+        return stacking_floor(runtime, max_batch_size)
 
     return warm
 
@@ -183,7 +193,9 @@ def verify_files(version_dir: Path, card: ModelCard) -> None:
 def _batching_mode(loaded: LoadedVersion | None) -> str | None:
     if loaded is None:
         return None
-    return "stacked" if loaded.batch_exact else "per_image"
+    if loaded.min_batch is None:
+        return "per_image"
+    return "stacked" if loaded.min_batch == 1 else f"stacked, padded to >= {loaded.min_batch}"
 
 
 def _check_card(card: ModelCard, name: str, version: int) -> None:
@@ -275,7 +287,7 @@ class ModelRegistry:
         _check_card(card, name, version)
         verify_files(path, card)
         runtime = self.loader(path, card)
-        batch_exact = self.warmup(runtime)
+        min_batch = self.warmup(runtime)
         return LoadedVersion(
             name=name,
             version=version,
@@ -284,7 +296,7 @@ class ModelRegistry:
             runtime=runtime,
             load_seconds=time.perf_counter() - start,
             loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            batch_exact=batch_exact,
+            min_batch=min_batch,
         )
 
     def select(self, name: str, pinned: int | None = None) -> LoadedVersion:

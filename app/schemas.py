@@ -129,9 +129,10 @@ class ModelInfo(BaseModel):
     load_seconds: float | None
     loaded_at: str | None
     batching: str | None = Field(
-        description="'stacked': batches run as one call (probed bit-identical to single "
-        "images); 'per_image': one image per call, on parallel workers, because stacked rows "
-        "were not bit-identical; null: not loaded."
+        description="'stacked': batches run as one call; 'stacked, padded to >= N': batches "
+        "smaller than N are padded with copies (sizes below N give different last bits); "
+        "'per_image': one image per call, because no small batch size gives stable rows; "
+        "null: not loaded. Either way a result does not depend on its batch companions."
     )
     input_checks: str
 

@@ -203,42 +203,87 @@ class BatchDependentRuntime(RecordingRuntime):
         return shifted
 
 
-def test_probe_tells_exact_from_inexact_models(tiny_version: LoadedVersion) -> None:
-    from app.registry import batching_is_exact
+class SingleDiffersRuntime(RecordingRuntime):
+    """What oneDNN does to the committed C-NMC models: batch size 1 differs in the last bits,
+    every batch size >= 2 agrees."""
 
-    assert batching_is_exact(tiny_version.runtime, 16) is True
-    assert batching_is_exact(BatchDependentRuntime(tiny_version.runtime), 16) is False
-    assert tiny_version.batch_exact is True
+    def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
+        rows = super().predict(images)
+        shifted: NDArray[np.float32] = rows + np.float32(1e-7) * (images.shape[0] == 1)
+        return shifted
 
 
-async def test_inexact_model_runs_one_image_per_call(tiny_version: LoadedVersion) -> None:
-    runtime = BatchDependentRuntime(tiny_version.runtime, delay=0.01)
-    model = replace(tiny_version, runtime=runtime, batch_exact=False)
+def test_probe_finds_the_stacking_floor(tiny_version: LoadedVersion) -> None:
+    from app.registry import stacking_floor
+
+    assert stacking_floor(tiny_version.runtime, 16) == 1
+    assert stacking_floor(SingleDiffersRuntime(tiny_version.runtime), 16) == 2
+    assert stacking_floor(BatchDependentRuntime(tiny_version.runtime), 16) is None
+    assert stacking_floor(BatchDependentRuntime(tiny_version.runtime), 1) == 1  # probe off
+    assert tiny_version.min_batch == 1
+
+
+async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) -> None:
+    runtime = SingleDiffersRuntime(tiny_version.runtime, delay=0.01)
+    model = replace(tiny_version, runtime=runtime, min_batch=2)
     sizes: list[int] = []
     batcher = Batcher(
         max_batch_size=8,
         max_batch_wait_s=0.01,
         max_queue=100,
         observer=lambda _m, size, _w, _s: sizes.append(size),
+        workers=2,
     )
     batcher.start()
     try:
         images = [cell_like(seed) for seed in range(12)]
+        (alone,) = await batcher.predict(model, [images[0]])
+        results: dict[int, NDArray[np.float32]] = {}
+
+        async def one(i: int) -> None:
+            results[i] = (await batcher.predict(model, [images[i]]))[0]
+
         async with anyio.create_task_group() as tasks:
-            results: dict[int, NDArray[np.float32]] = {}
+            for i in range(len(images)):
+                tasks.start_soon(one, i)
+    finally:
+        batcher.stop()
+    assert sizes[0] == 1 and max(sizes) > 1  # real images per call
+    assert all(shape[0] >= 2 for shape in runtime.shapes)  # never a call of one image
+    stacked = tiny_version.runtime.predict(np.stack(images))  # the >= 2 regime, one call
+    assert np.array_equal(alone, stacked[0])
+    for i in range(len(images)):
+        assert np.array_equal(results[i], stacked[i])
 
-            async def one(i: int) -> None:
-                results[i] = (await batcher.predict(model, [images[i]]))[0]
 
+async def test_model_without_floor_runs_one_image_per_call(tiny_version: LoadedVersion) -> None:
+    runtime = BatchDependentRuntime(tiny_version.runtime, delay=0.01)
+    model = replace(tiny_version, runtime=runtime, min_batch=None)
+    sizes: list[int] = []
+    batcher = Batcher(
+        max_batch_size=8,
+        max_batch_wait_s=0.01,
+        max_queue=100,
+        observer=lambda _m, size, _w, _s: sizes.append(size),
+        workers=2,
+    )
+    batcher.start()
+    try:
+        images = [cell_like(seed) for seed in range(12)]
+        results: dict[int, NDArray[np.float32]] = {}
+
+        async def one(i: int) -> None:
+            results[i] = (await batcher.predict(model, [images[i]]))[0]
+
+        async with anyio.create_task_group() as tasks:
             for i in range(len(images)):
                 tasks.start_soon(one, i)
     finally:
         batcher.stop()
     assert sizes == [1] * len(images)
     assert all(shape[0] == 1 for shape in runtime.shapes)
-    singles = [tiny_version.runtime.predict(image[None])[0] for image in images]
-    for i, single in enumerate(singles):
-        assert np.array_equal(results[i], single)
+    for i, image in enumerate(images):
+        assert np.array_equal(results[i], tiny_version.runtime.predict(image[None])[0])
 
 
 async def test_health_reports_batching_mode(client: httpx.AsyncClient) -> None:
