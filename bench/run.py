@@ -109,6 +109,7 @@ class Bench:
         args = self.args
         if args.warmup > 0:
             run_wrk(url, body, concurrency, args.warmup, args.max_requests, cpu=args.wrk_cpu)
+        drained_s = server.wait_idle()
         metrics_before = parse_histograms(server.get_text("/metrics"))
         server_cpu0, machine_cpu0, t0 = server.cpu_seconds(), system_cpu_busy_s(), time.monotonic()
         raw = run_wrk(url, body, concurrency, args.duration, args.max_requests, cpu=args.wrk_cpu)
@@ -119,6 +120,8 @@ class Bench:
         summary = summarise(raw, concurrency)
         wrk_cpu = summary["wrk_cpu_s"] or 0.0
         summary.update(
+            drain_before_s=drained_s,
+            drain_after_s=server.wait_idle(),
             target=server.name,
             body=body.kind,
             concurrency=concurrency,
@@ -307,6 +310,8 @@ def run_sweep(bench: Bench, store: Path, out: Path) -> list[dict[str, Any]]:
     workers_label, workers_command = SWEEP_WORKERS_2
     workers_command = [p.replace("{python}", sys.executable) for p in workers_command]
     variants.append((workers_label, {}, workers_command))
+    if bench.args.sweep_only:
+        variants = [v for v in variants if v[0] in bench.args.sweep_only]
     for label, env, command in variants:
         print(f"sweep: {label}", flush=True)
         server = service_server(out, store, env, name="service", command=command)
@@ -355,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
     parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument(
+        "--sweep-only", nargs="+", default=None, metavar="LABEL", help="sweep variants to run"
+    )
     args = parser.parse_args(argv)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

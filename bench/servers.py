@@ -117,6 +117,23 @@ class ServerProcess:
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
 
+    def wait_idle(
+        self, timeout_s: float = 90.0, window_s: float = 0.5, cores: float = 0.2
+    ) -> float:
+        """Wait until the server has finished work left over from a previous load.
+
+        When wrk stops, requests it had sent are still queued in the server (a server that
+        handles one request at a time can hold a backlog of many seconds); measuring the next
+        point before they drain would charge that backlog to it. Returns the seconds waited.
+        """
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            before = self.cpu_seconds()
+            time.sleep(window_s)
+            if (self.cpu_seconds() - before) / window_s < cores:
+                break
+        return time.monotonic() - t0
+
     def memory(self) -> dict[str, int]:
         """Peak (VmHWM) and current (VmRSS) resident memory, summed over the process tree."""
         pids = self.pids()
