@@ -125,7 +125,7 @@ def stacking_floor(runtime: ModelRuntime, max_batch_size: int, max_floor: int = 
     agrees, so they are run at batch >= 2 (m = 2). Rows never mix (per-row independence),
     so padding a small batch with copies does not change the real rows.
     """
-    count = min(max_batch_size, 16)
+    count = min(max_batch_size, 8)  # each new batch shape costs a first-call setup
     if count < 2:
         return 1
     images = probe_images(count, seed=1)
@@ -140,7 +140,7 @@ def stacking_floor(runtime: ModelRuntime, max_batch_size: int, max_floor: int = 
             )
         return checked[size]
 
-    larger = sorted({2, 3, min(count, 8)})
+    larger = sorted({2, 3, count})
     for floor in range(1, min(max_floor, count) + 1):
         if all(agrees(size) for size in [floor, *(s for s in larger if s > floor)]):
             return floor
