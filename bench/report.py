@@ -337,18 +337,18 @@ def _sweep(results: dict[str, Any]) -> list[str]:
     rows: list[list[object]] = []
     for variant in sweep:
         if "error" in variant:
-            rows.append([variant["variant"], "-", "failed: " + variant["error"][:80]] + [""] * 5)
+            rows.append([variant["variant"], "-", "failed: " + variant["error"][:80]] + [""] * 6)
             continue
         label = f"{variant['variant']} [{', '.join(variant.get('batching', []))}]"
         for r in variant["runs"]:
             rows.append([
                 label, r["concurrency"], _f(r["images_per_s"]), _f(r["latency_ms"]["p50"]),
                 _f(r["latency_ms"]["p99"]), r["errors"], _f(r["server_cpu_util"], 2),
-                _mib(variant["memory_end"]["vm_hwm_kib"]),
+                _f(r["other_cpu_util"], 2), _mib(variant["memory_end"]["vm_hwm_kib"]),
             ])  # fmt: skip
     header = [
         "variant [batching mode]", "conc.", "images/s", "p50 ms", "p99 ms", "errors",
-        "server CPU (cores)", "peak RSS MiB",
+        "server CPU (cores)", "other CPU (cores)", "peak RSS MiB",
     ]  # fmt: skip
     return ["## Settings sweep (service restarted per variant)", "", *_table(header, rows)]
 

@@ -104,6 +104,24 @@ class Bench:
         self.bodies = make_bodies(Path(args.image), out)
 
     def load(self, server: ServerProcess, body: RequestBody, concurrency: int) -> dict[str, Any]:
+        """Measure one point; repeat it (up to --retries) while other processes took CPU.
+
+        The machine is shared: when something else used more than --max-other-cpu cores during
+        the window, the point is measured again and the least disturbed attempt is kept. Every
+        attempt's contention is recorded, so a number taken under contention says so.
+        """
+        attempts: list[dict[str, Any]] = []
+        for _ in range(1 + self.args.retries):
+            attempts.append(self._load_once(server, body, concurrency))
+            if attempts[-1]["other_cpu_util"] <= self.args.max_other_cpu:
+                break
+        best = min(attempts, key=lambda a: float(a["other_cpu_util"]))
+        best["attempts_other_cpu"] = [round(a["other_cpu_util"], 3) for a in attempts]
+        return best
+
+    def _load_once(
+        self, server: ServerProcess, body: RequestBody, concurrency: int
+    ) -> dict[str, Any]:
         """Warm up, then one measured wrk run with the server's CPU and the machine's CPU."""
         url = server.base_url + CLASSIFY_PATH
         args = self.args
@@ -351,6 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=50_000, help="cap per wrk run")
     parser.add_argument("--wrk-cpu", type=int, default=None, help="pin wrk to this core (taskset)")
     parser.add_argument("--ceiling-seconds", type=float, default=1.5)
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=0.25,
+        help="cores other processes may use during a point before it is measured again",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per point")
     parser.add_argument("--no-tflite", action="store_true")
     parser.add_argument(
         "--skip",
@@ -460,7 +485,8 @@ def _batching_modes(models: Any) -> list[str]:
     modes: list[str] = []
     if isinstance(models, dict):
         for model in models.get("models", {}).values():
-            modes += [str(v.get("batching")) for v in model.get("versions", {}).values()]
+            versions = model.get("versions", {}).values()
+            modes += [str(v["batching"]) for v in versions if v.get("batching")]
     return modes
 
 
