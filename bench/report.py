@@ -90,7 +90,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
 RUN_HEADER = (
     "server", "body", "conc.", "images/s", "p50 ms", "p95 ms", "p99 ms", "Little mean ms",
     "errors", "server CPU s", "server CPU (cores)", "server CPU ms/image", "wrk CPU (cores)",
-    "other CPU (cores)", "peak RSS MiB",
+    "other CPU (cores)", "attempts", "peak RSS MiB",
 )  # fmt: skip
 
 
@@ -101,7 +101,8 @@ def _run_row(results: dict[str, Any], r: Run) -> list[object]:
         r["target"], r["body"], r["concurrency"], _f(r["images_per_s"]), _f(lat["p50"]),
         _f(lat["p95"]), _f(lat["p99"]), _f(lat.get("littles_law_mean")), r["errors"],
         _f(r["server_cpu_s"]), _f(r["server_cpu_util"], 2), _f(r["server_cpu_ms_per_image"], 2),
-        _f(r["wrk_cpu_util"], 2), _f(r["other_cpu_util"], 2), _mib(memory.get("vm_hwm_kib")),
+        _f(r["wrk_cpu_util"], 2), _f(r["other_cpu_util"], 2),
+        len(r.get("attempts_other_cpu", [0])), _mib(memory.get("vm_hwm_kib")),
     ]  # fmt: skip
 
 
@@ -200,7 +201,9 @@ def _ceiling_section(results: dict[str, Any]) -> list[str]:
         "## In-process ceiling and per-image costs (no HTTP)",
         "",
         f"TensorFlow {ceiling['tensorflow']}, threading {ceiling['threads']}; peak RSS of the "
-        f"ceiling process {_mib(ceiling['vm_hwm_kib_before_tflite'])} MiB.",
+        f"ceiling process {_mib(ceiling['vm_hwm_kib_before_tflite'])} MiB; other processes used "
+        f"{_f(ceiling.get('other_cpu_util'), 2)} cores meanwhile (attempts: "
+        f"{ceiling.get('attempts_other_cpu')}).",
         "",
         *_table(["step (one 450x450 image)", "median ms", "CPU ms"], steps),
         "",
@@ -367,6 +370,8 @@ def markdown(results: dict[str, Any]) -> str:
             "'other' is everything on the machine that is neither the server nor wrk (e.g. a "
             "training job). 'Little mean' is connections / throughput, the true mean time in the "
             "system: wrk's percentiles only count requests that completed inside the window. "
+            "A point is measured again (up to 3 attempts, least disturbed kept) when other "
+            "processes used more than 0.25 cores during it. "
             "Peak RSS is VmHWM summed over the server's process tree.",
             "",
             *_table(RUN_HEADER, runs),

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -264,10 +265,25 @@ def run_ceiling(args: argparse.Namespace, model_dir: Path, out: Path) -> dict[st
         size = json.loads(card_path.read_text()).get("input", {}).get("model_input_size")
         if size:
             command += ["--input-size", *(str(side) for side in size)]
-    print("ceiling: in-process measurements ...", flush=True)
-    with (out / "ceiling.log").open("wb") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    result: dict[str, Any] = json.loads(path.read_text())
+    attempts: list[dict[str, Any]] = []
+    for _ in range(1 + args.retries):
+        print("ceiling: in-process measurements ...", flush=True)
+        machine0, t0 = system_cpu_busy_s(), time.monotonic()
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with (out / "ceiling.log").open("wb") as log:
+            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        own = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
+        attempt: dict[str, Any] = json.loads(path.read_text())
+        wall = time.monotonic() - t0
+        attempt["other_cpu_util"] = max(0.0, system_cpu_busy_s() - machine0 - own) / wall
+        attempts.append(attempt)
+        print(f"  other processes used {attempt['other_cpu_util']:.2f} cores", flush=True)
+        if attempt["other_cpu_util"] <= args.max_other_cpu:
+            break
+    result = min(attempts, key=lambda a: float(a["other_cpu_util"]))
+    result["attempts_other_cpu"] = [round(a["other_cpu_util"], 3) for a in attempts]
+    path.write_text(json.dumps(result, indent=2))
     sig = result["signature"]
     print(
         f"  ceiling {sig['best_images_per_s']:.1f} img/s at batch {sig['best_batch']}; "
