@@ -124,7 +124,8 @@ def _header(results: dict[str, Any]) -> list[str]:
     return [
         f"# Benchmark run {meta['started_utc']}",
         "",
-        f"- Command: `{meta['command']}` (elapsed {meta.get('elapsed_s', 0):.0f} s)",
+        f"- Command: `{meta['command']}` (elapsed {meta.get('elapsed_s', 0):.0f} s; "
+        f"git {meta.get('git_commit', 'unknown')})",
         f"- Model: `{model['name']}` version {model['version']} (the store's default)",
         f"- Machine: {meta['machine']['cpus']} CPUs, {meta['machine']['cpu_model']}",
         f"- Load: {meta['wrk']}, 1 thread, one connection per concurrent client, "
@@ -145,6 +146,8 @@ TARGET_NAMES = {
 
 
 def _targets(comparison: dict[str, Any]) -> list[str]:
+    if not comparison["targets"]:
+        return []
     rows = []
     for key, target in comparison["targets"].items():
         value = target["value"]
@@ -159,6 +162,8 @@ def _targets(comparison: dict[str, Any]) -> list[str]:
 
 
 def _comparison(comparison: dict[str, Any]) -> list[str]:
+    if not comparison["by_concurrency"]:
+        return []
     rows = []
     for c, row in comparison["by_concurrency"].items():
         over_ceiling = row.get("service_over_ceiling")
@@ -369,7 +374,9 @@ def markdown(results: dict[str, Any]) -> str:
         _header(results),
         _targets(comparison),
         _comparison(comparison),
-        [
+        []
+        if not runs
+        else [
             "## All load runs",
             "",
             "CPU columns: cores busy on average over the measured window (2.0 = both cores here); "

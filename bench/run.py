@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "meta": {
             "started_utc": stamp,
+            "git_commit": _git_commit(),
             "command": " ".join(
                 [Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])]
             ),
@@ -504,6 +505,14 @@ def _batching_modes(models: Any) -> list[str]:
             versions = model.get("versions", {}).values()
             modes += [str(v["batching"]) for v in versions if v.get("batching")]
     return modes
+
+
+def _git_commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result.stdout.strip() or "unknown"
 
 
 def _cpu_model() -> str:
