@@ -97,16 +97,23 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # keys "loss", "val_loss", ... or, for several models, "<model>_loss", "<model>_val_loss"
+    models = sorted({k[: -len("_loss")] for k in history if k.endswith("_loss")} - {"val"})
+    models = [m for m in models if not m.endswith("_val")] or [""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            if prefix + key in history:
-                ax.plot(
-                    range(1, len(history[prefix + key]) + 1),
-                    history[prefix + key],
-                    style,
-                    label=("validation " if prefix else "train ") + key,
-                )
+        for model in models:
+            head = f"{model}_" if model else ""
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if head + prefix + key in history:
+                    ax.plot(
+                        range(1, len(history[head + prefix + key]) + 1),
+                        history[head + prefix + key],
+                        style,
+                        label=f"{model} " * bool(model)
+                        + ("validation " if prefix else "train ")
+                        + key,
+                    )
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -164,3 +164,21 @@ def with_dihedral_average(model: keras.Model) -> keras.Model:
             outputs.append(model(layers.Lambda(transform)(inputs)))
     mean = layers.Average(name="p_all_mean")(outputs)
     return keras.Model(inputs, mean, name=f"{model.name}_dihedral")
+
+
+@keras.saving.register_keras_serializable(package="training")
+class MeanEnsemble(keras.Model):  # type: ignore[misc]
+    """P(all) averaged over member models that all take the same input.
+
+    Used to ship the cross-validation fold models together: each member was trained without
+    one group of normal donors, so together they have seen every donor while no single
+    member's quirks decide a prediction.
+    """
+
+    def __init__(self, members: list[keras.Model], **kwargs: Any) -> None:
+        super().__init__(name=kwargs.pop("name", "mean_ensemble"), **kwargs)
+        self.members = list(members)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        outputs = [m(x, training=training) for m in self.members]
+        return tf.add_n(outputs) / float(len(outputs))

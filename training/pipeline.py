@@ -21,7 +21,7 @@ from training.evaluate import (
     plot_roc,
 )
 from training.export import build_card, export_version
-from training.models import with_dihedral_average
+from training.models import MeanEnsemble, with_dihedral_average
 from training.splits import Split, cv_splits, final_split, subject_table
 from training.train import TrainConfig, TrainResult, dump_json, predict_p_all, train_model
 
@@ -85,7 +85,13 @@ def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOu
     return outcome
 
 
-def cross_validate(config: TrainConfig, images: CachedImages, run_dir: Path) -> dict[str, Any]:
+def cross_validate(
+    config: TrainConfig,
+    images: CachedImages,
+    run_dir: Path,
+    outcomes_out: list[FoldOutcome] | None = None,
+) -> dict[str, Any]:
+    """Leave-one-normal-donor-out CV; ``outcomes_out`` (if given) receives the fold models."""
     table = subject_table(images.subjects, images.labels)
     folds = []
     outcomes = []
@@ -106,6 +112,8 @@ def cross_validate(config: TrainConfig, images: CachedImages, run_dir: Path) -> 
                 "history": o.result.history,
             }
         )
+    if outcomes_out is not None:
+        outcomes_out.extend(outcomes)
     fold_tests = [o.test for o in outcomes if o.test is not None]
     mean, std = mean_std(fold_tests)
     y = np.concatenate([o.y_test for o in outcomes])
@@ -191,31 +199,42 @@ def train_and_export(
         print(f"  problem: {p.path}: {p.reason}", flush=True)
     dump_json(data_info, run_dir / "data.json")
     cv: dict[str, Any] | None = None
+    fold_outcomes: list[FoldOutcome] = []
+    if config.ship not in ("single", "cv_ensemble"):
+        raise ValueError(f"unknown ship mode {config.ship!r}")
+    if config.ship == "cv_ensemble" and (cv_from is not None or not do_cv):
+        raise ValueError("ship=cv_ensemble ships the CV fold models: it needs a fresh CV run")
     if cv_from is not None:
         cv = reuse_cross_validation(config, images, cv_from, run_dir)
     elif do_cv:
-        cv = cross_validate(config, images, run_dir)
+        cv = cross_validate(config, images, run_dir, fold_outcomes)
 
     table = subject_table(images.subjects, images.labels)
-    split = final_split(table, config.validation_fraction, config.validation_max_share)
-    final = run_split(config, images, split)
+    if config.ship == "cv_ensemble":
+        split = Split("cv_ensemble", tuple(sorted(table)), ())
+        final = ensemble_outcome(fold_outcomes, split)
+    else:
+        split = final_split(table, config.validation_fraction, config.validation_max_share)
+        final = run_split(config, images, split)
     plot_curves(
         final.result.history,
         run_dir / "curves.png",
         f"{name}: shipped model (validation = held-out subjects)",
     )
+    val_what = "out-of-fold" if config.ship == "cv_ensemble" else "validation subjects"
     plot_roc(
-        {"validation subjects": (final.y_val, final.p_val)},
+        {val_what: (final.y_val, final.p_val)},
         run_dir / "roc_validation.png",
-        f"{name}: validation subjects",
+        f"{name}: {val_what}",
     )
     plot_confusion(
         final.validation,
         run_dir / "confusion_validation.png",
-        f"{name}: validation subjects @ {final.threshold:.3f}",
+        f"{name}: {val_what} @ {final.threshold:.3f}",
     )
     summary: dict[str, Any] = {
         "name": name,
+        "ship": config.ship,
         "config": config.to_dict(),
         "threshold": final.threshold,
         "validation": final.validation,
@@ -248,8 +267,19 @@ def train_and_export(
         }
     else:
         test_metrics = {"what": "no cross-validation run; no held-out test metrics"}
+    validation_card: dict[str, Any] = {"subjects": list(split.validation), **final.validation}
+    if config.ship == "cv_ensemble":
+        validation_card = {
+            "what": (
+                "out-of-fold predictions: every image scored by the one fold model that never "
+                "trained on its subject; the ensemble's threshold was chosen on them, so these "
+                "numbers are optimistic for the threshold (use metrics.cross_validation)"
+            ),
+            "subjects": list(split.train),
+            **final.validation,
+        }
     metrics = {
-        "validation": {"subjects": list(split.validation), **final.validation},
+        "validation": validation_card,
         "test": test_metrics,
         "cross_validation": (
             {k: cv[k] for k in ("scheme", "mean", "std")}
@@ -312,6 +342,41 @@ def train_and_export(
     summary["exported"] = str(out)
     dump_json(summary, run_dir / "final.json")
     return summary
+
+
+def ensemble_outcome(outcomes: list[FoldOutcome], split: Split) -> FoldOutcome:
+    """The CV fold models as one model; threshold from their pooled out-of-fold scores.
+
+    Each image is scored by the single fold model that held its subject out, so the pooled
+    scores (all subjects, every normal donor) stand in for unseen patients far better than
+    one fold's handful of validation cells. No subject is unseen by the whole ensemble: its
+    held-out estimate remains the cross-validation.
+    """
+    if not outcomes:
+        raise ValueError("no fold models to ensemble")
+    members = [o.result.model for o in outcomes]
+    y = np.concatenate([o.y_test for o in outcomes])
+    p = np.concatenate([o.p_test for o in outcomes])
+    threshold = choose_threshold(y, p)
+    history: dict[str, list[float]] = {}
+    for o in outcomes:
+        for k, v in o.result.history.items():
+            history[f"{o.split.name}_{k}"] = v
+    seconds = sum(o.result.seconds for o in outcomes)
+    per_epoch = float(np.median([o.result.seconds_per_epoch for o in outcomes]))
+    result = TrainResult(
+        MeanEnsemble(members),
+        history,
+        max(o.result.epochs_run for o in outcomes),
+        max(o.result.selected_epoch for o in outcomes),
+        seconds,
+        float(np.mean([o.result.images_per_second for o in outcomes])),
+        per_epoch,
+        {"members": [o.split.name for o in outcomes]},
+    )
+    return FoldOutcome(
+        split, threshold, classification_metrics(y, p, threshold), None, result, y, p
+    )
 
 
 def probe_fold(

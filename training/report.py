@@ -79,24 +79,50 @@ def write_model_report(
             )
         lines += ["", "![CV ROC](cv_roc.png) ![CV confusion](cv_confusion.png)", ""]
     sp = s["splits"]
-    lines += [
-        "## Shipped model",
-        "",
-        f"Trained on {sp['train']['subjects']} {sp['train']['n_images']}; validation "
-        f"subjects {sp['validation']['subjects']} {sp['validation']['n_images']} chose "
-        f"the threshold {s['threshold']:.3f} (max balanced accuracy) and the epoch "
-        f"({s['selected_epoch']} of {s['epochs_run']}).",
-        "",
-        "Validation-subject metrics (optimistic: the threshold was chosen on them):",
-        "",
-        metrics_table({"validation subjects": s["validation"]}),
-        "",
-        f"Training time {s['seconds_final']:.0f} s, {s['seconds_per_epoch']:.1f} s/epoch "
-        f"(median), {s['images_per_second']:.0f} training images/s.",
-        "",
-        "![curves](curves.png) ![ROC](roc_validation.png) ![confusion](confusion_validation.png)",
-        "",
-    ]
+    if s.get("ship") == "cv_ensemble":
+        lines += [
+            "## Shipped model: the mean of the cross-validation fold models",
+            "",
+            "The shipped model averages P(all) over the fold models above. Each member was "
+            "trained with one group of normal donors (and a third of the patients) held out, "
+            "so together they have seen every subject; no subject is unseen by all of them, "
+            "so the cross-validation above is its held-out estimate. Threshold "
+            f"{s['threshold']:.3f}: maximum balanced accuracy over the pooled out-of-fold "
+            "scores (each image scored by the member that never trained on its subject).",
+            "",
+            "Out-of-fold metrics at that threshold (optimistic: the threshold was chosen on "
+            "them; the per-fold thresholds of the CV table were not):",
+            "",
+            metrics_table({"out-of-fold": s["validation"]}),
+            "",
+            f"Training time (all members) {s['seconds_final']:.0f} s, "
+            f"{s['seconds_per_epoch']:.1f} s/epoch (median), "
+            f"{s['images_per_second']:.0f} training images/s.",
+            "",
+            "![curves](curves.png) ![ROC](roc_validation.png) "
+            "![confusion](confusion_validation.png)",
+            "",
+        ]
+    else:
+        lines += [
+            "## Shipped model",
+            "",
+            f"Trained on {sp['train']['subjects']} {sp['train']['n_images']}; validation "
+            f"subjects {sp['validation']['subjects']} {sp['validation']['n_images']} chose "
+            f"the threshold {s['threshold']:.3f} (max balanced accuracy) and the epoch "
+            f"({s['selected_epoch']} of {s['epochs_run']}).",
+            "",
+            "Validation-subject metrics (optimistic: the threshold was chosen on them):",
+            "",
+            metrics_table({"validation subjects": s["validation"]}),
+            "",
+            f"Training time {s['seconds_final']:.0f} s, {s['seconds_per_epoch']:.1f} s/epoch "
+            f"(median), {s['images_per_second']:.0f} training images/s.",
+            "",
+            "![curves](curves.png) ![ROC](roc_validation.png) "
+            "![confusion](confusion_validation.png)",
+            "",
+        ]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -42,7 +42,11 @@ class TrainConfig:
     shape_features: bool = False
     grayscale: bool = False
     blur_noise: bool = False
+    colour_jitter: float = 1.0  # scales the colour-gain ranges; >1 adds saturation jitter
     test_time_dihedral: bool = False
+    # "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
+    # cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
+    ship: str = "single"
     silhouette: bool = False
     area_only: bool = False
     validation_fraction: float = 0.15
@@ -124,7 +128,7 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], "SAME")[0]
 
 
-def make_augment(blur_noise: bool) -> Any:
+def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
     def augment(
         pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -137,8 +141,14 @@ def make_augment(blur_noise: bool) -> Any:
         x = tf.image.random_flip_left_right(x)
         x = tf.image.random_flip_up_down(x)
         x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-        gain = tf.random.uniform([1, 1, 3], 0.9, 1.1) * tf.random.uniform([], 0.85, 1.15)
+        c = colour_jitter
+        gain = tf.random.uniform([1, 1, 3], 1.0 - 0.1 * c, 1.0 + 0.1 * c) * tf.random.uniform(
+            [], 1.0 - 0.15 * c, 1.0 + 0.15 * c
+        )
         x = x * gain
+        if c > 1.0:  # saturation: pull towards / push away from the pixel's grey level
+            grey = tf.reduce_mean(x, axis=-1, keepdims=True)
+            x = grey + (x - grey) * tf.random.uniform([], 1.0 - 0.2 * c, 1.0 + 0.2 * c)
         if blur_noise:
             foreground = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, tf.float32)
             x = _blur(x, tf.random.uniform([], 0.01, 1.2))
@@ -158,6 +168,7 @@ def make_dataset(
     class_weights: dict[int, float] | None,
     seed: int,
     blur_noise: bool = False,
+    colour_jitter: float = 1.0,
 ) -> tf.data.Dataset:
     labels = images.labels.astype(np.float32)
     weights = (
@@ -170,7 +181,9 @@ def make_dataset(
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
         ds = ds.map(
-            make_augment(blur_noise), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            make_augment(blur_noise, colour_jitter),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -243,6 +256,7 @@ def train_model(
         class_weights,
         config.seed,
         config.blur_noise,
+        config.colour_jitter,
     )
     val_ds = make_dataset(validation, 128, False, False, None, config.seed)
     progress = Progress(len(train.labels), config.epochs, config.select_epoch, label)

@@ -135,6 +135,37 @@ def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> 
     assert odd.shape == (2, 2)
 
 
+def test_cv_ensemble_ships_the_fold_models_with_an_out_of_fold_threshold(
+    cnmc_tiny: Path, tmp_path: Path
+) -> None:
+    from training.pipeline import FoldOutcome, cross_validate, ensemble_outcome
+
+    config = dataclasses.replace(TINY_CONFIG, epochs=1, ship="cv_ensemble")
+    images = load_images(cnmc_tiny, 32, 0.9)
+    outcomes: list[FoldOutcome] = []
+    cross_validate(config, images, tmp_path, outcomes)
+    assert len(outcomes) == 3
+    shipped = ensemble_outcome(outcomes, outcomes[0].split)
+    y = np.concatenate([o.y_test for o in outcomes])
+    p = np.concatenate([o.p_test for o in outcomes])
+    assert len(y) == len(images.labels)  # every image scored once, by the model that held it out
+    assert shipped.threshold == choose_threshold(y, p)
+    # the shipped model is the mean of the members, image by image
+    members = np.stack([predict_p_all(o.result.model, images) for o in outcomes])
+    np.testing.assert_allclose(
+        predict_p_all(shipped.result.model, images), members.mean(axis=0), atol=1e-6
+    )
+    assert not np.allclose(members[0], members[1])  # the members really differ
+
+    store = tmp_path / "store"
+    summary = train_and_export(config, cnmc_tiny, None, tmp_path / "run", store, "tiny-ens")
+    card = json.loads((Path(summary["exported"]) / "model_card.json").read_text())
+    assert "out-of-fold" in card["metrics"]["validation"]["what"]
+    assert card["training"]["config"]["ship"] == "cv_ensemble"
+    with pytest.raises(ValueError, match="fresh CV run"):
+        train_and_export(config, cnmc_tiny, None, tmp_path / "r2", store, "x", do_cv=False)
+
+
 def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path: Path) -> None:
     images = load_images(cnmc_tiny, 32, 0.9)
     config = dataclasses.replace(TINY_CONFIG, epochs=1)
