@@ -130,29 +130,38 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
 
 def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
     def augment(
-        pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor
+        pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor, key: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
 
         Gains are multiplicative so the black background stays black. Optional blur and
         noise blunt the per-donor focus/sensor differences a network can latch onto.
+        Every random draw is stateless, seeded from ``key`` (one per element, from a seeded
+        random dataset), so parallel mapping cannot reorder draws: same seed, same run.
         """
+
+        def seed(i: int) -> tf.Tensor:
+            return tf.stack([key, tf.constant(i, tf.int64)])
+
+        def uniform(i: int, shape: list[int], low: float, high: float) -> tf.Tensor:
+            return tf.random.stateless_uniform(shape, seed(i), low, high)
+
         x = tf.cast(pixels, tf.float32)
-        x = tf.image.random_flip_left_right(x)
-        x = tf.image.random_flip_up_down(x)
-        x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+        x = tf.image.stateless_random_flip_left_right(x, seed(0))
+        x = tf.image.stateless_random_flip_up_down(x, seed(1))
+        x = tf.image.rot90(x, k=tf.random.stateless_uniform([], seed(2), 0, 4, dtype=tf.int32))
         c = colour_jitter
-        gain = tf.random.uniform([1, 1, 3], 1.0 - 0.1 * c, 1.0 + 0.1 * c) * tf.random.uniform(
-            [], 1.0 - 0.15 * c, 1.0 + 0.15 * c
+        gain = uniform(3, [1, 1, 3], 1.0 - 0.1 * c, 1.0 + 0.1 * c) * uniform(
+            4, [], 1.0 - 0.15 * c, 1.0 + 0.15 * c
         )
         x = x * gain
         if c > 1.0:  # saturation: pull towards / push away from the pixel's grey level
             grey = tf.reduce_mean(x, axis=-1, keepdims=True)
-            x = grey + (x - grey) * tf.random.uniform([], 1.0 - 0.2 * c, 1.0 + 0.2 * c)
+            x = grey + (x - grey) * uniform(5, [], 1.0 - 0.2 * c, 1.0 + 0.2 * c)
         if blur_noise:
             foreground = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, tf.float32)
-            x = _blur(x, tf.random.uniform([], 0.01, 1.2))
-            x = x + tf.random.normal(tf.shape(x), 0.0, tf.random.uniform([], 0.0, 4.0))
+            x = _blur(x, uniform(6, [], 0.01, 1.2))
+            x = x + tf.random.stateless_normal(tf.shape(x), seed(7)) * uniform(8, [], 0.0, 4.0)
             x = x * foreground
         x = tf.clip_by_value(x, 0.0, 255.0)
         return x, label, weight
@@ -180,8 +189,10 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
-        ds = ds.map(
-            make_augment(blur_noise, colour_jitter),
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        fn = make_augment(blur_noise, colour_jitter)
+        ds = tf.data.Dataset.zip((ds, keys)).map(
+            lambda item, key: fn(*item, key),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
