@@ -166,6 +166,20 @@ def test_cv_ensemble_ships_the_fold_models_with_an_out_of_fold_threshold(
         train_and_export(config, cnmc_tiny, None, tmp_path / "r2", store, "x", do_cv=False)
 
 
+def test_same_config_same_weights_with_augmentation(cnmc_tiny: Path) -> None:
+    from training.train import make_dataset
+
+    images = load_images(cnmc_tiny, 32, 0.9)
+    config = dataclasses.replace(TINY_CONFIG, epochs=2, colour_jitter=2.0)
+    first, second = (train_model(config, images, images).model for _ in range(2))
+    for a, b in zip(first.get_weights(), second.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # ...while the augmentation still differs from epoch to epoch
+    ds = make_dataset(images, 64, False, True, None, 0, True, 2.0)
+    epoch1, epoch2 = (next(iter(ds))[0].numpy() for _ in range(2))
+    assert not np.array_equal(epoch1, epoch2)
+
+
 def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path: Path) -> None:
     images = load_images(cnmc_tiny, 32, 0.9)
     config = dataclasses.replace(TINY_CONFIG, epochs=1)
