@@ -230,7 +230,7 @@ def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any
             options["widths"] = tuple(options["widths"])
     model = models.make_model(spec, **options)
     if config.get("test_time_dihedral"):
-        model = models.with_dihedral_average(model)
+        model = models.with_dihedral_average(model, config.get("tta_views", 8))
     size = spec.input_size
     call = tf.function(
         lambda x: model(x, training=False),

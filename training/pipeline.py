@@ -60,7 +60,7 @@ def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOu
     )
     result = train_model(config, train, val, label=split.name)
     if config.test_time_dihedral:
-        result.model = with_dihedral_average(result.model)
+        result.model = with_dihedral_average(result.model, config.tta_views)
     p_val = predict_p_all(result.model, val)
     threshold = choose_threshold(val.labels, p_val)
     outcome = FoldOutcome(

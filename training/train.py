@@ -44,6 +44,7 @@ class TrainConfig:
     blur_noise: bool = False
     colour_jitter: float = 1.0  # scales the colour-gain ranges; >1 adds saturation jitter
     test_time_dihedral: bool = False
+    tta_views: int = 8  # with test_time_dihedral: 4 = quarter turns, 8 = turns and mirrors
     # "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
     # cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
     ship: str = "single"

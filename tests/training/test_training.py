@@ -180,6 +180,21 @@ def test_same_config_same_weights_with_augmentation(cnmc_tiny: Path) -> None:
     assert not np.array_equal(epoch1, epoch2)
 
 
+@pytest.mark.parametrize("views", [4, 8])
+def test_test_time_views_make_predictions_turn_invariant(views: int) -> None:
+    net = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
+    wrapped = with_dihedral_average(net, views)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.integers(0, 256, (3, 32, 32, 3)), tf.float32)
+    p = wrapped(x).numpy()
+    assert p.shape == (3, 1)
+    np.testing.assert_allclose(wrapped(tf.image.rot90(x, 1)).numpy(), p, atol=1e-5)
+    mirrored = wrapped(tf.image.flip_left_right(x)).numpy()
+    if views == 8:
+        np.testing.assert_allclose(mirrored, p, atol=1e-5)
+    assert not np.allclose(net(x).numpy(), net(tf.image.rot90(x, 1)).numpy(), atol=1e-5)
+
+
 def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path: Path) -> None:
     images = load_images(cnmc_tiny, 32, 0.9)
     config = dataclasses.replace(TINY_CONFIG, epochs=1)
