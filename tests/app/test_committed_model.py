@@ -127,6 +127,28 @@ async def test_service_equals_training_package_prediction(
         assert result["label"] == expected_label, path.name
 
 
+async def test_stackable_default_model_equals_training_package_bit_for_bit(
+    real_client: httpx.AsyncClient,
+) -> None:
+    """A model whose rows agree at every batch size (floor 1, ``batching: "stacked"``) must
+    give exactly what ``training.predict`` (batch 1) gives: no tolerance needed."""
+    from training.predict import predict_files
+
+    version_dir = _default_version_dir()
+    models = (await real_client.get("/v1/models")).json()["models"]
+    batching = models[version_dir.parent.name]["versions"][version_dir.name]["batching"]
+    if batching != "stacked":
+        pytest.skip(f"default model is {batching!r}, not stackable at batch 1")
+    expected = np.asarray(predict_files(version_dir, REAL_FILES))
+    for path, p_row in zip(REAL_FILES, expected, strict=True):
+        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
+        response = await real_client.post(
+            "/v1/classify", content=path.read_bytes(), headers={"content-type": content_type}
+        )
+        probs = response.json()["results"][0]["probabilities"]
+        assert probs == {"hem": float(p_row[0]), "all": float(p_row[1])}, path.name
+
+
 async def test_real_model_batched_equals_single(real_client: httpx.AsyncClient) -> None:
     files = [("files", (f"{i}.png", p.read_bytes(), "image/png")) for i, p in enumerate(CNMC_PNGS)]
     together = (await real_client.post("/v1/classify", files=files)).json()["results"]
