@@ -213,6 +213,14 @@ def train_and_export(
     if config.ship == "cv_ensemble":
         split = Split("cv_ensemble", tuple(sorted(table)), ())
         final = ensemble_outcome(fold_outcomes, split)
+        check = final.validation["threshold_transfer"]
+        print(
+            f"[cv_ensemble] threshold {final.threshold:.3f} (pooled out-of-fold); transfer "
+            f"check: balanced acc {check['mean']['balanced_accuracy']:.3f} with thresholds "
+            f"from the other folds"
+            + ("" if check["consistent"] else " -- members' scales DISAGREE, do not ship"),
+            flush=True,
+        )
     else:
         split = final_split(table, config.validation_fraction, config.validation_max_share)
         final = run_split(config, images, split)
@@ -374,9 +382,40 @@ def ensemble_outcome(outcomes: list[FoldOutcome], split: Split) -> FoldOutcome:
         per_epoch,
         {"members": [o.split.name for o in outcomes]},
     )
-    return FoldOutcome(
-        split, threshold, classification_metrics(y, p, threshold), None, result, y, p
-    )
+    validation = classification_metrics(y, p, threshold)
+    validation["threshold_transfer"] = threshold_transfer(outcomes)
+    return FoldOutcome(split, threshold, validation, None, result, y, p)
+
+
+def threshold_transfer(outcomes: list[FoldOutcome]) -> dict[str, Any]:
+    """Does a threshold pooled over members carry to a member that did not set it?
+
+    For each fold model: choose the threshold on the *other* fold models' out-of-fold scores
+    and apply it to this model's own held-out subjects. If the members' score scales agree,
+    this scores about as well as each model's own validation threshold; if they do not, it
+    collapses towards 0.5 balanced accuracy and the ensemble's pooled threshold is not to be
+    trusted.
+    """
+    folds = []
+    for k, o in enumerate(outcomes):
+        others = [x for j, x in enumerate(outcomes) if j != k]
+        t = choose_threshold(
+            np.concatenate([x.y_test for x in others]), np.concatenate([x.p_test for x in others])
+        )
+        m = classification_metrics(o.y_test, o.p_test, t)
+        folds.append(
+            {
+                "fold": o.split.name,
+                "threshold_from_other_folds": t,
+                "own_validation_threshold": o.threshold,
+                **{key: m[key] for key in ("balanced_accuracy", "weighted_f1", "roc_auc")},
+            }
+        )
+    mean = {
+        key: float(np.mean([f[key] for f in folds]))
+        for key in ("balanced_accuracy", "weighted_f1", "roc_auc")
+    }
+    return {"folds": folds, "mean": mean, "consistent": mean["balanced_accuracy"] >= 0.6}
 
 
 def probe_fold(

@@ -45,6 +45,29 @@ def cv_table(cv: dict[str, Any]) -> str:
     return metrics_table(cols)
 
 
+def _transfer_lines(check: dict[str, Any] | None) -> list[str]:
+    if not check:
+        return []
+    rows = "; ".join(
+        f"{f['fold']}: threshold {f['threshold_from_other_folds']:.3f} (own validation "
+        f"{f['own_validation_threshold']:.3f}) -> balanced accuracy "
+        f"{f['balanced_accuracy']:.3f}"
+        for f in check["folds"]
+    )
+    verdict = (
+        "the members' score scales agree, so one pooled threshold is meaningful"
+        if check["consistent"]
+        else "**the members' score scales disagree: the pooled threshold is not to be trusted**"
+    )
+    return [
+        "Threshold transfer check (threshold chosen on the *other* folds' out-of-fold scores, "
+        f"applied to each fold's held-out subjects): {rows}; mean balanced accuracy "
+        f"{check['mean']['balanced_accuracy']:.3f}, weighted F1 "
+        f"{check['mean']['weighted_f1']:.3f}: {verdict}.",
+        "",
+    ]
+
+
 def write_model_report(
     run_dir: Path, name: str, summary: dict[str, Any], cv: dict[str, Any] | None
 ) -> Path:
@@ -95,6 +118,7 @@ def write_model_report(
             "",
             metrics_table({"out-of-fold": s["validation"]}),
             "",
+            *_transfer_lines(s["validation"].get("threshold_transfer")),
             f"Training time (all members) {s['seconds_final']:.0f} s, "
             f"{s['seconds_per_epoch']:.1f} s/epoch (median), "
             f"{s['images_per_second']:.0f} training images/s.",

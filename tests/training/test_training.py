@@ -161,9 +161,33 @@ def test_cv_ensemble_ships_the_fold_models_with_an_out_of_fold_threshold(
     summary = train_and_export(config, cnmc_tiny, None, tmp_path / "run", store, "tiny-ens")
     card = json.loads((Path(summary["exported"]) / "model_card.json").read_text())
     assert "out-of-fold" in card["metrics"]["validation"]["what"]
+    check = card["metrics"]["validation"]["threshold_transfer"]
+    assert [f["fold"] for f in check["folds"]] == ["fold_A", "fold_B", "fold_C"]
+    assert check["consistent"] == (check["mean"]["balanced_accuracy"] >= 0.6)
+    assert "Threshold transfer check" in (tmp_path / "run" / "report.md").read_text()
     assert card["training"]["config"]["ship"] == "cv_ensemble"
     with pytest.raises(ValueError, match="fresh CV run"):
         train_and_export(config, cnmc_tiny, None, tmp_path / "r2", store, "x", do_cv=False)
+
+
+def test_threshold_transfer_flags_members_on_different_scales() -> None:
+    from training.pipeline import FoldOutcome, threshold_transfer
+    from training.splits import Split
+
+    rng = np.random.default_rng(0)
+
+    def member(name: str, shift: float) -> FoldOutcome:
+        y = np.repeat([0, 1], 200)
+        p = 1 / (1 + np.exp(-(2.0 * (y - 0.5) * 3 + rng.normal(0, 1, 400) + shift)))
+        split = Split(name, (), ())
+        return FoldOutcome(split, 0.5, {}, None, None, y, p, y, p)  # type: ignore[arg-type]
+
+    same = threshold_transfer([member("a", 0.0), member("b", 0.0), member("c", 0.0)])
+    assert same["consistent"] and same["mean"]["balanced_accuracy"] > 0.9
+    # one member's scores sit far higher: thresholds from the others no longer fit it
+    apart = threshold_transfer([member("a", 0.0), member("b", 0.0), member("c", 9.0)])
+    assert apart["folds"][2]["balanced_accuracy"] == pytest.approx(0.5, abs=0.05)
+    assert apart["mean"]["balanced_accuracy"] < same["mean"]["balanced_accuracy"]
 
 
 def test_same_config_same_weights_with_augmentation(cnmc_tiny: Path) -> None:
