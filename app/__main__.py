@@ -39,6 +39,7 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         loop="uvloop",
         http="httptools",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
 
 

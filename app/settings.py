@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Bind address for `python -m app`.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port for `python -m app`.")
+    shutdown_grace_seconds: int = Field(
+        default=25,
+        gt=0,
+        le=600,
+        description="On SIGTERM, `python -m app` stops accepting and lets in-flight requests "
+        "finish for at most this long (keep it below the orchestrator's stop timeout; "
+        "docker-compose.yml gives 30 s).",
+    )
 
     @field_validator("api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod

@@ -134,3 +134,18 @@ def test_python_m_app_serves_on_localhost(tiny_store: Path) -> None:
     lines = [line for line in stderr.decode().splitlines() if line.startswith("{")]
     events = [json.loads(line)["event"] for line in lines]
     assert "ready" in events and "request" in events
+
+
+def test_python_m_app_passes_the_graceful_shutdown_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    import app.__main__ as entry
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setenv("LEUK_SHUTDOWN_GRACE_SECONDS", "7")
+    entry.main()
+    assert seen["timeout_graceful_shutdown"] == 7
+    assert seen["factory"] is True
