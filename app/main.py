@@ -88,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by _offline_docs from local files, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (routes.health, routes.models, routes.classify, routes.operations):
         app.include_router(router)
     _document_security(app)
+    _offline_docs(app)
 
     if api_keys:
         app.add_middleware(ApiKeyMiddleware, keys=api_keys)
@@ -135,6 +138,30 @@ async def _poll_store(dataplane: DataPlane, interval: float) -> None:
                     "ready": dataplane.state.ready,
                 },
             )
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files, so the page works on
+    a network with no internet access (FastAPI's default loads it from a CDN)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = "/docs/assets"
+    app.mount(
+        assets, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets"
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon-32x32.png",
+        )
 
 
 def _document_security(app: FastAPI) -> None:

@@ -425,6 +425,7 @@ async def test_auth_on(make_settings: Callable[..., Settings], tmp_path: Path) -
             ("GET", "/model-info"),
             ("GET", "/v1/models"),
             ("GET", "/docs"),
+            ("GET", "/docs/assets/swagger-ui.css"),
             ("GET", "/openapi.json"),
             ("POST", "/v1/classify"),
             ("GET", "/nope"),
@@ -506,3 +507,10 @@ async def test_openapi_documents_every_endpoint_and_errors(client: httpx.AsyncCl
     assert "503" in paths["/health/ready"]["get"]["responses"]
     docs = await client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Everything the page loads comes from the service itself: it works with no internet.
+    assert "cdn" not in docs.text.lower() and "https://" not in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f'"/docs/assets/{asset}"' in docs.text
+        served = await client.get(f"/docs/assets/{asset}")
+        assert served.status_code == 200 and len(served.content) > 10_000, asset
+    assert (await client.get("/redoc")).status_code == 404
