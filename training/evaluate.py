@@ -98,8 +98,8 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     import matplotlib.pyplot as plt
 
     # keys "loss", "val_loss", ... or, for several models, "<model>_loss", "<model>_val_loss"
-    models = sorted({k[: -len("_loss")] for k in history if k.endswith("_loss")} - {"val"})
-    models = [m for m in models if not m.endswith("_val")] or [""]
+    models = sorted({k.removesuffix("_val_loss") for k in history if k.endswith("_val_loss")})
+    models = models or [""]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         for model in models:

@@ -119,13 +119,7 @@ def write_model_report(
             metrics_table({"out-of-fold": s["validation"]}),
             "",
             *_transfer_lines(s["validation"].get("threshold_transfer")),
-            f"Training time (all members) {s['seconds_final']:.0f} s, "
-            f"{s['seconds_per_epoch']:.1f} s/epoch (median), "
-            f"{s['images_per_second']:.0f} training images/s.",
-            "",
-            "![curves](curves.png) ![ROC](roc_validation.png) "
-            "![confusion](confusion_validation.png)",
-            "",
+            "Training time (all members):",
         ]
     else:
         lines += [
@@ -140,13 +134,17 @@ def write_model_report(
             "",
             metrics_table({"validation subjects": s["validation"]}),
             "",
-            f"Training time {s['seconds_final']:.0f} s, {s['seconds_per_epoch']:.1f} s/epoch "
-            f"(median), {s['images_per_second']:.0f} training images/s.",
-            "",
-            "![curves](curves.png) ![ROC](roc_validation.png) "
-            "![confusion](confusion_validation.png)",
-            "",
+            "Training time:",
         ]
+    lines[-1] += (
+        f" {s['seconds_final']:.0f} s, {s['seconds_per_epoch']:.1f} s/epoch (median), "
+        f"{s['images_per_second']:.0f} training images/s."
+    )
+    lines += [
+        "",
+        "![curves](curves.png) ![ROC](roc_validation.png) ![confusion](confusion_validation.png)",
+        "",
+    ]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -223,9 +223,11 @@ def test_probe_finds_the_stacking_floor(tiny_version: LoadedVersion) -> None:
     assert tiny_version.min_batch == 1
 
 
-async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) -> None:
-    runtime = SingleDiffersRuntime(tiny_version.runtime, delay=0.01)
-    model = replace(tiny_version, runtime=runtime, min_batch=2)
+async def _alone_then_concurrently(
+    model: LoadedVersion, images: list[NDArray[np.uint8]]
+) -> tuple[NDArray[np.float32], dict[int, NDArray[np.float32]], list[int]]:
+    """Through a 2-worker batcher: images[0] alone, then every image as its own concurrent
+    request. Returns the lone result, the concurrent results and the batch sizes observed."""
     sizes: list[int] = []
     batcher = Batcher(
         max_batch_size=8,
@@ -236,7 +238,6 @@ async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) 
     )
     batcher.start()
     try:
-        images = [cell_like(seed) for seed in range(12)]
         (alone,) = await batcher.predict(model, [images[0]])
         results: dict[int, NDArray[np.float32]] = {}
 
@@ -248,6 +249,14 @@ async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) 
                 tasks.start_soon(one, i)
     finally:
         batcher.stop()
+    return alone, results, sizes
+
+
+async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) -> None:
+    runtime = SingleDiffersRuntime(tiny_version.runtime, delay=0.01)
+    model = replace(tiny_version, runtime=runtime, min_batch=2)
+    images = [cell_like(seed) for seed in range(12)]
+    alone, results, sizes = await _alone_then_concurrently(model, images)
     assert sizes[0] == 1 and max(sizes) > 1  # real images per call
     assert all(shape[0] >= 2 for shape in runtime.shapes)  # never a call of one image
     stacked = tiny_version.runtime.predict(np.stack(images))  # the >= 2 regime, one call
@@ -259,28 +268,10 @@ async def test_lone_images_are_padded_to_the_floor(tiny_version: LoadedVersion) 
 async def test_model_without_floor_runs_one_image_per_call(tiny_version: LoadedVersion) -> None:
     runtime = BatchDependentRuntime(tiny_version.runtime, delay=0.01)
     model = replace(tiny_version, runtime=runtime, min_batch=None)
-    sizes: list[int] = []
-    batcher = Batcher(
-        max_batch_size=8,
-        max_batch_wait_s=0.01,
-        max_queue=100,
-        observer=lambda _m, size, _w, _s: sizes.append(size),
-        workers=2,
-    )
-    batcher.start()
-    try:
-        images = [cell_like(seed) for seed in range(12)]
-        results: dict[int, NDArray[np.float32]] = {}
-
-        async def one(i: int) -> None:
-            results[i] = (await batcher.predict(model, [images[i]]))[0]
-
-        async with anyio.create_task_group() as tasks:
-            for i in range(len(images)):
-                tasks.start_soon(one, i)
-    finally:
-        batcher.stop()
-    assert sizes == [1] * len(images)
+    images = [cell_like(seed) for seed in range(12)]
+    alone, results, sizes = await _alone_then_concurrently(model, images)
+    assert sizes == [1] * (1 + len(images))
+    assert np.array_equal(alone, tiny_version.runtime.predict(images[0][None])[0])
     assert all(shape[0] == 1 for shape in runtime.shapes)
     for i, image in enumerate(images):
         assert np.array_equal(results[i], tiny_version.runtime.predict(image[None])[0])

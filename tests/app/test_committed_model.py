@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -64,6 +65,20 @@ def _reference_probabilities(paths: list[Path], model: str | None = None) -> np.
     return np.stack(rows)
 
 
+async def _classify_one(
+    client: httpx.AsyncClient, path: Path, model: str | None = None
+) -> dict[str, Any]:
+    """POST one committed image as a raw body to the default (or a named) model."""
+    prefix = "/v1" if model is None else f"/v1/models/{model}"
+    content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
+    response = await client.post(
+        f"{prefix}/classify", content=path.read_bytes(), headers={"content-type": content_type}
+    )
+    assert response.status_code == 200, path.name
+    body: dict[str, Any] = response.json()
+    return body
+
+
 async def test_ready_with_committed_default_model(real_client: httpx.AsyncClient) -> None:
     ready = await real_client.get("/health/ready")
     assert ready.status_code == 200
@@ -84,15 +99,8 @@ async def test_service_equals_independent_saved_model_prediction(
     real_client: httpx.AsyncClient, model: str | None
 ) -> None:
     expected = _reference_probabilities(REAL_FILES, model)
-    path_prefix = "/v1" if model is None else f"/v1/models/{model}"
     for path, row in zip(REAL_FILES, expected, strict=True):
-        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
-        response = await real_client.post(
-            f"{path_prefix}/classify",
-            content=path.read_bytes(),
-            headers={"content-type": content_type},
-        )
-        result = response.json()["results"][0]
+        result = (await _classify_one(real_client, path, model))["results"][0]
         assert result["probabilities"] == {"hem": float(row[0]), "all": float(row[1])}, path.name
         assert result["out_of_distribution"] is False
 
@@ -105,15 +113,8 @@ async def test_service_equals_training_package_prediction(
 
     version_dir = _default_version_dir(model)
     expected = np.asarray(predict_files(version_dir, REAL_FILES))
-    path_prefix = "/v1" if model is None else f"/v1/models/{model}"
     for path, p_row in zip(REAL_FILES, expected, strict=True):
-        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
-        response = await real_client.post(
-            f"{path_prefix}/classify",
-            content=path.read_bytes(),
-            headers={"content-type": content_type},
-        )
-        body = response.json()
+        body = await _classify_one(real_client, path, model)
         assert body["model"] == version_dir.parent.name
         assert body["version"] == int(version_dir.name)
         result = body["results"][0]
@@ -141,11 +142,7 @@ async def test_stackable_default_model_equals_training_package_bit_for_bit(
         pytest.skip(f"default model is {batching!r}, not stackable at batch 1")
     expected = np.asarray(predict_files(version_dir, REAL_FILES))
     for path, p_row in zip(REAL_FILES, expected, strict=True):
-        content_type = "image/bmp" if path.suffix == ".bmp" else "image/png"
-        response = await real_client.post(
-            "/v1/classify", content=path.read_bytes(), headers={"content-type": content_type}
-        )
-        probs = response.json()["results"][0]["probabilities"]
+        probs = (await _classify_one(real_client, path))["results"][0]["probabilities"]
         assert probs == {"hem": float(p_row[0]), "all": float(p_row[1])}, path.name
 
 
@@ -153,10 +150,8 @@ async def test_real_model_batched_equals_single(real_client: httpx.AsyncClient) 
     files = [("files", (f"{i}.png", p.read_bytes(), "image/png")) for i, p in enumerate(CNMC_PNGS)]
     together = (await real_client.post("/v1/classify", files=files)).json()["results"]
     for path, batched in zip(CNMC_PNGS, together, strict=True):
-        single = await real_client.post(
-            "/v1/classify", content=path.read_bytes(), headers={"content-type": "image/png"}
-        )
-        assert single.json()["results"][0]["probabilities"] == batched["probabilities"]
+        single = (await _classify_one(real_client, path))["results"][0]
+        assert single["probabilities"] == batched["probabilities"]
 
 
 async def test_real_model_flags_ood(real_client: httpx.AsyncClient) -> None:
