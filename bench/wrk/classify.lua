@@ -3,7 +3,9 @@
 -- Configured through environment variables (wrk passes no structured options to Lua):
 --   BENCH_BODY          file holding the exact request body (raw BMP, or a prebuilt multipart body)
 --   BENCH_CONTENT_TYPE  Content-Type header, e.g. "image/bmp" or "multipart/form-data; boundary=..."
---   BENCH_MAX_REQUESTS  per-thread cap on responses (bounds the run in count as well as time)
+--   BENCH_MAX_REQUESTS  per-thread cap on responses (bounds the run in count as well as time).
+--                       Soft by up to connections - 1: thread:stop() ends the event loop after
+--                       the current pass, and responses already read in that pass still count.
 --   BENCH_WRK_JSON      where done() writes the summary as JSON
 
 local body_path = assert(os.getenv("BENCH_BODY"), "BENCH_BODY not set")

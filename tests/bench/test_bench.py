@@ -104,7 +104,10 @@ def test_wrk_script_counts_ok_and_error_statuses(tmp_path: Path) -> None:
         cpu = server.cpu_seconds()
         memory = server.memory()
     assert ok["ok"] > 0 and ok["errors"] == 0
-    assert ok["requests"] <= 200  # the per-run request cap holds
+    # The cap stops wrk's event loop after the 200th response, but responses already read in that
+    # same loop pass are still counted (wrk's aeStop takes effect between passes): at most
+    # concurrency - 1 over the cap.
+    assert 0 < ok["requests"] <= 200 + (2 - 1)
     assert 0 < ok["latency_ms"]["p50"] <= ok["latency_ms"]["p99"] <= ok["latency_ms"]["max"]
     assert missing["ok"] == 0 and missing["errors"] == missing["requests"] > 0
     assert set(missing["statuses"]) == {"404"}
