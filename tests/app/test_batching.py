@@ -78,8 +78,9 @@ async def test_lone_request_runs_at_once_and_concurrent_requests_batch(
     try:
         image = cell_like(0)
         (alone,) = await batcher.predict(model, [image])
-        # A lone request does not wait for company (max_batch_wait is 0.5 s here).
-        assert observed[0][0] == 1 and observed[0][1][0] < 0.1
+        # A lone request does not wait for company (max_batch_wait is 0.5 s here; the bound
+        # leaves room for a busy machine's scheduling and still fails if it waited it out).
+        assert observed[0][0] == 1 and observed[0][1][0] < 0.25
         images = [cell_like(seed) for seed in range(20)]
         rows = await batcher.predict(model, images)
     finally:
@@ -147,7 +148,9 @@ async def test_concurrent_http_requests_equal_sequential_ones(
         encode(cell_like(seed), "PNG") for seed in range(20)
     ]
     headers = {"content-type": "image/png"}
-    async with serve(make_settings(max_batch_size=8, max_batch_wait_ms=5)) as client:
+    # 50 ms of waiting for company makes batching certain even on a busy machine; equality
+    # with the sequential results is the point, and holds for any wait.
+    async with serve(make_settings(max_batch_size=8, max_batch_wait_ms=50)) as client:
 
         async def classify(payload: bytes) -> dict[str, float]:
             response = await client.post("/v1/classify", content=payload, headers=headers)
