@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import random
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import ImageTooLarge, InvalidImage, TruncatedImage
+from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
 from app.imaging import check_input, decode_image
 from tests.app.conftest import CNMC_BMP, CNMC_PNGS, OOD_JPEGS
 from tests.app.images import cell_like, encode
@@ -122,6 +124,58 @@ def test_truncated_images_are_detected(fmt: str) -> None:
     data = encode(cell_like(7), fmt)
     with pytest.raises((TruncatedImage, InvalidImage)):
         decode_image(data[: len(data) // 2], LIMIT)
+
+
+def _mutations(data: bytes, rng: random.Random, count: int) -> list[bytes]:
+    """Corrupted copies of one file: flipped bytes (mostly in the header), cuts, overwritten
+    and inserted runs, the damage a broken upload or a bad disk does."""
+    out = []
+    for _ in range(count):
+        d = bytearray(data)
+        op = rng.random()
+        if op < 0.4:
+            for _ in range(rng.randint(1, 8)):
+                span = min(len(d), 200) if rng.random() < 0.7 else len(d)
+                d[rng.randrange(span)] = rng.randrange(256)
+        elif op < 0.6:
+            d = d[: rng.randrange(1, len(d))]
+        elif op < 0.8:
+            at = rng.randrange(min(len(d), 100))
+            d[at : at + 4] = rng.randbytes(4)
+        else:
+            at = rng.randrange(len(d))
+            d[at:at] = rng.randbytes(rng.randint(1, 64))
+        out.append(bytes(d))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("PNG", {}), ("JPEG", {"quality": 90}), ("BMP", {}), ("TIFF", {}),
+     ("TIFF", {"compression": "tiff_lzw"})],
+)  # fmt: skip
+def test_corrupted_files_raise_only_the_services_input_errors(
+    fmt: str, options: dict[str, object]
+) -> None:
+    # Any other exception would surface as a 500 instead of a 4xx with a stable code.
+    source = Image.open(CNMC_BMP).convert("RGB").resize((96, 96))
+    if fmt == "PNG":  # with an EXIF orientation, so the rotation path meets damage too
+        options = {"exif": Image.Exif()}
+        options["exif"][0x0112] = 6  # type: ignore[index]
+    buffer = io.BytesIO()
+    source.save(buffer, fmt, **options)
+    rejected = decoded = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF/tags; not the point
+        for data in _mutations(buffer.getvalue(), random.Random(fmt + str(options)), 300):
+            try:
+                pixels = decode_image(data, LIMIT).pixels
+            except (InvalidImage, TruncatedImage, ImageTooLarge, UnsupportedImageMode):
+                rejected += 1
+            else:
+                assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+                decoded += 1
+    assert rejected > 0 and rejected + decoded == 300
 
 
 def test_truncated_png_is_reported_as_truncated() -> None:
