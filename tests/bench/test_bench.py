@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
+from fastapi import FastAPI
 from PIL import Image
 
 from bench import report
@@ -26,19 +28,29 @@ REPO = Path(__file__).resolve().parents[2]
 BMP = REPO / "tests" / "data" / "cnmc_bmp" / "UID_51_101_1_all.bmp"
 
 
-def _post(client: TestClient, path: Path, content_type: str) -> Any:
-    return client.post(
-        "/v1/classify", content=path.read_bytes(), headers={"Content-Type": content_type}
-    )
+def _classify(app: FastAPI, requests: list[tuple[Path, str]]) -> list[httpx.Response]:
+    """POST each (body file, content type) to /v1/classify of the app, lifespan included."""
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                return [
+                    await client.post(
+                        "/v1/classify", content=path.read_bytes(), headers={"Content-Type": kind}
+                    )
+                    for path, kind in requests
+                ]
+
+    return anyio.run(run)
 
 
 def test_both_request_bodies_carry_the_exact_image(tmp_path: Path) -> None:
     bodies = make_bodies(BMP, tmp_path)
-    with TestClient(create_floor_app()) as client:
-        for body in bodies.values():
-            response = _post(client, body.path, body.content_type)
-            assert response.status_code == 200, body.kind
-            assert response.json() == {"bytes": BMP.stat().st_size}, body.kind
+    responses = _classify(create_floor_app(), [(b.path, b.content_type) for b in bodies.values()])
+    for body, response in zip(bodies.values(), responses, strict=True):
+        assert response.status_code == 200, body.kind
+        assert response.json() == {"bytes": BMP.stat().st_size}, body.kind
     assert b'filename="cell.bmp"' in bodies["multipart"].path.read_bytes()  # no subject id
 
 
@@ -51,17 +63,16 @@ def test_naive_app_runs_keras_predict_on_the_real_bmp(
     monkeypatch.setenv("NAIVE_MODEL_DIR", str(version_dir))
     from bench.naive_app import create_app
 
-    bodies = make_bodies(BMP, tmp_path)
+    bodies = list(make_bodies(BMP, tmp_path).values())
     pixels = np.asarray(Image.open(io.BytesIO(BMP.read_bytes())).convert("RGB"))
     expected = float(reference_predict(version_dir, pixels[np.newaxis])[0, 1])
-    with TestClient(create_app()) as client:
-        for body in bodies.values():
-            response = _post(client, body.path, body.content_type)
-            assert response.status_code == 200, body.kind
-            assert response.json()["p_all"] == pytest.approx(expected, abs=1e-5)
-        assert _post(client, tmp_path / "body.bmp", "image/bmp").status_code == 200
-        (tmp_path / "junk").write_bytes(b"not an image")
-        assert _post(client, tmp_path / "junk", "image/bmp").status_code == 415
+    (tmp_path / "junk").write_bytes(b"not an image")
+    requests = [(b.path, b.content_type) for b in bodies] + [(tmp_path / "junk", "image/bmp")]
+    *images, junk = _classify(create_app(), requests)
+    for body, response in zip(bodies, images, strict=True):
+        assert response.status_code == 200, body.kind
+        assert response.json()["p_all"] == pytest.approx(expected, abs=1e-5)
+    assert junk.status_code == 415
 
 
 def test_resolve_default_model_takes_highest_complete_version(tmp_path: Path) -> None:
