@@ -148,8 +148,9 @@ async def test_concurrent_http_requests_equal_sequential_ones(
         encode(cell_like(seed), "PNG") for seed in range(20)
     ]
     headers = {"content-type": "image/png"}
-    # 50 ms of waiting for company makes batching certain even on a busy machine; equality
-    # with the sequential results is the point, and holds for any wait.
+    # Once requests queue up, a worker waits up to 50 ms for more: batching then happens even
+    # on a busy machine (5 ms could pass before the next request was decoded). Equality with
+    # the sequential results is the point, and must hold for any wait.
     async with serve(make_settings(max_batch_size=8, max_batch_wait_ms=50)) as client:
 
         async def classify(payload: bytes) -> dict[str, float]:
