@@ -14,7 +14,6 @@ and every supported pixel format is converted to 8-bit RGB:
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
+from app.logging import collect_warnings
 
 ALLOWED_FORMATS = ("BMP", "PNG", "JPEG", "TIFF")
 EXPECTED_SIZE = (450, 450)
@@ -58,14 +58,24 @@ class DecodedImage:
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode and check one image; raises a ``ServiceError`` subclass for unusable input."""
+    """Decode and check one image; raises a ``ServiceError`` subclass for unusable input.
+
+    A file that decodes although the decoder warned about it (damaged metadata, tags that
+    point past the end of the file) gets a ``damaged_file: <decoder's words>`` warning.
+    """
     if not data:
         raise InvalidImage("An uploaded image is empty.")
+    with collect_warnings() as decoder_notes:
+        pixels, source_format, source_mode = _decode(data, max_pixels)
+    check = check_input(pixels)
+    check.warnings[:0] = [f"damaged_file: {note}" for note in dict.fromkeys(decoder_notes)]
+    return DecodedImage(pixels, source_format, source_mode, check)
+
+
+def _decode(data: bytes, max_pixels: int) -> tuple[NDArray[np.uint8], str, str]:
+    """Pixels, source format and source pixel mode."""
     try:
-        with warnings.catch_warnings():
-            # Our own limit (below) is the one that counts; Pillow's fixed one only warns.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
         raise InvalidImage() from exc
     except Image.DecompressionBombError as exc:
@@ -92,7 +102,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise TruncatedImage() from exc
     except Image.DecompressionBombError as exc:  # pragma: no cover - checked above
         raise ImageTooLarge() from exc
-    return DecodedImage(pixels, source_format, source_mode, check_input(pixels))
+    return pixels, source_format, source_mode
 
 
 def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from app.context import current_request_id
 
@@ -42,7 +47,7 @@ def get_logger(name: str = "") -> logging.Logger:
 
 
 def configure_logging(level: str) -> None:
-    """Idempotent: one JSON handler on the service's logger."""
+    """Idempotent: one JSON handler on the service's logger; Python warnings logged there."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
     logger.propagate = False
@@ -50,3 +55,59 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
+    capture_python_warnings()
+
+
+# Python warnings, e.g. Pillow's "Tag data larger than file" for a damaged upload that still
+# decodes: by default they are plain text on stderr (breaking the JSON log), without a request
+# id, and each distinct text only once per process. Here every one becomes a JSON record of
+# ``leuk.warnings`` (with the request id of the thread's context), and code that wants them
+# (decode_image) collects those raised inside a block with ``collect_warnings``. Warning texts
+# are capped: libraries' messages name tags and sizes, never pixel data, but stay bounded.
+_collected: ContextVar[list[str] | None] = ContextVar("leuk_collected_warnings", default=None)
+WARNING_TEXT_LIMIT = 200
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    text = str(message)[:WARNING_TEXT_LIMIT]
+    notes = _collected.get()
+    if notes is not None:
+        notes.append(text)
+    get_logger("warnings").warning(
+        "python warning",
+        extra={"category": category.__name__, "warning": text,
+               "source": f"{Path(filename).name}:{lineno}"},
+    )  # fmt: skip
+
+
+def capture_python_warnings() -> None:
+    """Route warnings through ``_show_warning``; idempotent, cheap when already in place."""
+    if warnings.showwarning is _show_warning:
+        return
+    warnings.showwarning = _show_warning
+    # Every occurrence of a Pillow warning, not the first per text: each damaged upload is
+    # reported with its own request. Pillow's decompression-bomb warning (its fixed limit) is
+    # dropped: the service's own pixel limit is the one that counts (decode_image).
+    warnings.filterwarnings("always", module=r"PIL(\.|$)")
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Texts of the Python warnings raised in this context (this thread) inside the block."""
+    capture_python_warnings()
+    notes: list[str] = []
+    token = _collected.set(notes)
+    try:
+        yield notes
+    finally:
+        _collected.reset(token)

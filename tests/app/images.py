@@ -30,3 +30,11 @@ def encode(pixels: NDArray[np.uint8] | Image.Image, fmt: str, **params: object) 
 
 def decode_rgb(data: bytes) -> NDArray[np.uint8]:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def with_damaged_exif(pixels: NDArray[np.uint8]) -> bytes:
+    """A PNG that decodes, carrying an EXIF block whose one tag (ImageDescription, 200 bytes)
+    points past the end of the block: Pillow warns "Tag data larger than file"."""
+    entry = b"\x0e\x01" + b"\x02\x00" + (200).to_bytes(4, "little") + (0x1000).to_bytes(4, "little")
+    exif = b"II*\x00" + (8).to_bytes(4, "little") + b"\x01\x00" + entry + b"\x00" * 4
+    return encode(pixels, "PNG", exif=exif)

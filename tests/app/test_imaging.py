@@ -13,7 +13,7 @@ from PIL import Image
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
 from app.imaging import check_input, decode_image
 from tests.app.conftest import CNMC_BMP, CNMC_PNGS, OOD_JPEGS
-from tests.app.images import cell_like, encode
+from tests.app.images import cell_like, encode, with_damaged_exif
 
 LIMIT = 25_000_000
 
@@ -176,6 +176,18 @@ def test_corrupted_files_raise_only_the_services_input_errors(
                 assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
                 decoded += 1
     assert rejected > 0 and rejected + decoded == 300
+
+
+def test_damaged_but_decodable_file_is_decoded_with_a_warning() -> None:
+    pixels = cell_like(9)
+    clean = decode_image(encode(pixels, "PNG"), LIMIT)
+    assert clean.check.warnings == []
+    for _ in range(2):  # every time, not only the first (Python's default for a warning text)
+        damaged = decode_image(with_damaged_exif(pixels), LIMIT)
+        assert np.array_equal(damaged.pixels, pixels)
+        assert damaged.check.warnings == [
+            "damaged_file: Tag data larger than file. Skipping tag 270"
+        ]
 
 
 def test_truncated_png_is_reported_as_truncated() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from app.logging import LOGGER_NAME, JsonFormatter
 from tests.app.conftest import CNMC_PNGS, REPO
+from tests.app.images import cell_like, with_damaged_exif
 
 PNG = CNMC_PNGS[0].read_bytes()
 
@@ -128,12 +129,25 @@ def test_python_m_app_serves_on_localhost(tiny_store: Path) -> None:
             response = http.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
             assert response.status_code == 200
             assert response.json()["model"] == "tiny"
+            damaged = http.post(
+                "/v1/classify",
+                content=with_damaged_exif(cell_like(3)),
+                headers={"content-type": "image/png", "x-request-id": "damaged-1"},
+            )
+            assert damaged.status_code == 200
+            assert damaged.json()["results"][0]["warnings"][0].startswith("damaged_file: ")
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
-    lines = [line for line in stderr.decode().splitlines() if line.startswith("{")]
-    events = [json.loads(line)["event"] for line in lines]
+    lines = stderr.decode().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    events = [record["event"] for record in records]
     assert "ready" in events and "request" in events
+    # Pillow's warning about the damaged file is a JSON record tied to its request, not text.
+    assert not [line for line in lines if "UserWarning" in line and not line.startswith("{")]
+    (warning,) = [r for r in records if r["event"] == "python warning"]
+    assert warning["request_id"] == "damaged-1" and warning["category"] == "UserWarning"
+    assert warning["warning"] == "Tag data larger than file. Skipping tag 270"
 
 
 def test_python_m_app_passes_the_graceful_shutdown_bound(
