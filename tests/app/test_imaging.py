@@ -190,6 +190,20 @@ def test_damaged_but_decodable_file_is_decoded_with_a_warning() -> None:
         ]
 
 
+def test_decoder_warnings_stay_with_their_own_image_across_threads() -> None:
+    # Decoding runs in several threads: a warning raised while decoding one image must never
+    # land on an image another thread is decoding at the same time.
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixels = cell_like(10, size=200)
+    files = [with_damaged_exif(pixels) if i % 2 else encode(pixels, "PNG") for i in range(400)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda data: decode_image(data, LIMIT).check.warnings, files))
+    damaged = [w for w in results if w and w[0].startswith("damaged_file: ")]
+    assert len(damaged) == 200 and all(len(w) == 2 for w in damaged)  # + unexpected_size
+    assert all(results[i] == results[0] and len(results[i]) == 1 for i in range(0, 400, 2))
+
+
 def test_truncated_png_is_reported_as_truncated() -> None:
     data = encode(cell_like(8), "PNG")
     with pytest.raises(TruncatedImage):
