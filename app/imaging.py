@@ -61,7 +61,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode and check one image; raises a ``ServiceError`` subclass for unusable input.
 
     A file that decodes although the decoder warned about it (damaged metadata, tags that
-    point past the end of the file) gets a ``damaged_file: <decoder's words>`` warning.
+    point past the end of the file) gets a ``damaged_file: <decoder's words>`` warning
+    (collected through the warnings hook the service installs at start-up, app.logging).
     """
     if not data:
         raise InvalidImage("An uploaded image is empty.")

@@ -88,7 +88,8 @@ def _show_warning(
 
 
 def capture_python_warnings() -> None:
-    """Route warnings through ``_show_warning``; idempotent, cheap when already in place."""
+    """Route warnings through ``_show_warning``. Done once at start-up (configure_logging);
+    idempotent."""
     if warnings.showwarning is _show_warning:
         return
     warnings.showwarning = _show_warning
@@ -103,8 +104,8 @@ def capture_python_warnings() -> None:
 
 @contextmanager
 def collect_warnings() -> Iterator[list[str]]:
-    """Texts of the Python warnings raised in this context (this thread) inside the block."""
-    capture_python_warnings()
+    """Texts of the Python warnings raised in this context (this thread) inside the block;
+    needs ``capture_python_warnings`` in force (the service installs it at start-up)."""
     notes: list[str] = []
     token = _collected.set(notes)
     try:
