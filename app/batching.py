@@ -8,14 +8,16 @@ that arrive while the workers are busy are served together. If others were alrea
 waiting (the model is under load) and the batch is not full, the worker waits up to
 ``max_batch_wait`` for more to arrive.
 
-Batched == single: CPU kernels (oneDNN) may sum in a batch-size-dependent order. The
-registry probes each model version at load for its stacking floor (``min_batch``): the
-smallest batch size from which every size gives bit-identical rows. For the committed
-C-NMC models only batch size 1 differs (~1e-7), so every call here has at least 2 images:
-a lone image is padded with a copy of itself (rows never mix, so the copy does not change
-the real row) and a result never depends on which requests it arrived with. A model with
-no small floor is never stacked: each worker runs one image per call. The batch-size
-histogram counts real images, not padding.
+Batched vs single: CPU kernels (oneDNN) may sum in a batch-size-dependent order, and which
+order depends on the CPU (AVX2 and AVX-512 machines differ), so a row's probabilities can
+change in the last float32 bits with the size of the batch it ran in. What holds on every
+CPU: a batched row is within ``BATCH_TOLERANCE`` of the same image run alone (measured by
+``python -m scripts.batch_numerics``: at most ~1.2e-7 on the committed models, AVX-512 and
+AVX2 kernels), so its label is the same unless its probability lies within that distance
+of the threshold. A lone image always runs as a batch of one, never padded. For results
+that are bit-identical to single-image calls whatever arrives together, set
+``LEUK_EXACT_BATCHING=true``: every image then runs alone (batch size 1), on every CPU, at
+the cost of throughput under load.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from numpy.typing import NDArray
 from app.errors import Overloaded
 from app.registry import LoadedVersion
 
+BATCH_TOLERANCE = 1e-5
+"""Largest |batched - single| probability difference the service guarantees (~80x the
+largest difference measured on AVX-512 and AVX2 kernels, see the module docstring)."""
+
 BatchObserver = Callable[[LoadedVersion, int, list[float], float], None]
 """Called after each batch with (version, batch size, queue waits in s, inference seconds)."""
 
@@ -51,11 +57,10 @@ class _Item:
         return (self.model.name, self.model.version, self.pixels.shape)
 
 
-def _stack(batch: list[_Item], min_batch: int) -> NDArray[np.uint8]:
-    """The batch as one array, padded with copies of its last image up to ``min_batch``."""
-    images = [item.pixels for item in batch]
-    images += [images[-1]] * (min_batch - len(images))
-    return images[0][None] if len(images) == 1 else np.stack(images)
+def _stack(batch: list[_Item]) -> NDArray[np.uint8]:
+    if len(batch) == 1:
+        return batch[0].pixels[None]
+    return np.stack([item.pixels for item in batch])
 
 
 class Batcher:
@@ -66,8 +71,10 @@ class Batcher:
         max_queue: int,
         observer: BatchObserver | None = None,
         workers: int = 1,
+        exact: bool = False,
     ) -> None:
-        self.max_batch_size = max_batch_size
+        # exact: one image per call, so results are bit-identical to single-image calls.
+        self.max_batch_size = 1 if exact else max_batch_size
         self.max_batch_wait_s = max_batch_wait_s
         self.max_queue = max_queue
         self._observer = observer
@@ -133,10 +140,6 @@ class Batcher:
                 return None
             first = self._queue.popleft()
             batch = [first]
-            if first.model.min_batch is None:
-                # Stacking would change this model's results in the last bits (see module
-                # docstring): it runs one image per call, in parallel on the other workers.
-                return batch
             others_waiting = bool(self._queue)
             self._collect(first.key, batch)
             if others_waiting and len(batch) < self.max_batch_size and self.max_batch_wait_s > 0:
@@ -176,7 +179,7 @@ class Batcher:
             waits = [started - item.enqueued for item in batch]
             model = batch[0].model
             try:
-                probabilities = model.runtime.predict(_stack(batch, model.min_batch or 1))
+                probabilities = model.runtime.predict(_stack(batch))
             except BaseException as exc:  # deliver every failure to the waiting requests
                 for item in batch:
                     item.future.set_exception(exc)

@@ -46,10 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     registry = ModelRegistry(
         settings.model_store,
-        warmup=warmup_runtime(
-            settings.warmup_batch_sizes,
-            settings.max_batch_size if settings.exact_batching else 1,
-        ),
+        warmup=warmup_runtime(settings.warmup_batch_sizes),
+        batching="per_image" if settings.exact_batching else "stacked",
     )
     batcher = Batcher(
         max_batch_size=settings.max_batch_size,
@@ -57,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_queue=settings.max_queue,
         observer=metrics.observe_batch,
         workers=settings.inference_workers,
+        exact=settings.exact_batching,
     )
     dataplane = DataPlane(settings, registry, batcher, metrics)
     api_keys = settings.load_api_keys()

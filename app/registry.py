@@ -65,10 +65,6 @@ class LoadedVersion:
     runtime: ModelRuntime
     load_seconds: float
     loaded_at: str
-    # Smallest batch this version is run at (smaller batches are padded with copies) so that
-    # every result is bit-identical whatever it is batched with; None: one image per call.
-    # Probed at load by ``stacking_floor``; see app/batching.py.
-    min_batch: int | None = 1
 
     @property
     def key(self) -> tuple[str, int]:
@@ -90,8 +86,8 @@ class VersionFailed(Exception):
 
 
 Loader = Callable[[Path, ModelCard], ModelRuntime]
-Warmup = Callable[[ModelRuntime], int | None]
-"""Runs the first calls of a fresh runtime; returns its stacking floor (see ``stacking_floor``)."""
+Warmup = Callable[[ModelRuntime], None]
+"""Runs the first calls of a fresh runtime, before it is reported ready."""
 
 
 def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
@@ -116,45 +112,12 @@ def probe_images(count: int, seed: int = 0) -> NDArray[np.uint8]:
     return images
 
 
-def stacking_floor(runtime: ModelRuntime, max_batch_size: int, max_floor: int = 4) -> int | None:
-    """Smallest batch size m such that every batch of m or more images gives rows that are
-    bit-identical to each other; None when no m <= ``max_floor`` works.
+def warmup_runtime(batch_sizes: Sequence[int]) -> Warmup:
+    """Run each batch size once at 450x450: first calls allocate kernels and buffers."""
 
-    CPU kernels (oneDNN) may sum in a batch-size-dependent order. Measured on the committed
-    C-NMC models: batch size 1 differs from all others by ~1e-7 while every size >= 2
-    agrees, so they are run at batch >= 2 (m = 2). Rows never mix (per-row independence),
-    so padding a small batch with copies does not change the real rows.
-    """
-    count = min(max_batch_size, 8)  # each new batch shape costs a first-call setup
-    if count < 2:
-        return 1
-    images = probe_images(count, seed=1)
-    reference = runtime.predict(images)
-    checked: dict[int, bool] = {}
-
-    def agrees(size: int) -> bool:
-        if size not in checked:
-            checked[size] = all(
-                np.array_equal(runtime.predict(images[s : s + size]), reference[s : s + size])
-                for s in range(0, count - size + 1, size)
-            )
-        return checked[size]
-
-    larger = sorted({2, 3, count})
-    for floor in range(1, min(max_floor, count) + 1):
-        if all(agrees(size) for size in [floor, *(s for s in larger if s > floor)]):
-            return floor
-    return None
-
-
-def warmup_runtime(batch_sizes: Sequence[int], max_batch_size: int = 1) -> Warmup:
-    """Run each batch size once at 450x450 (first calls allocate kernels and buffers), then
-    probe the stacking floor (``max_batch_size`` 1: no probe, stack freely)."""
-
-    def warm(runtime: ModelRuntime) -> int | None:
+    def warm(runtime: ModelRuntime) -> None:
         for size in batch_sizes:
             runtime.predict(probe_images(size))
-        return stacking_floor(runtime, max_batch_size)
 
     return warm
 
@@ -190,14 +153,6 @@ def verify_files(version_dir: Path, card: ModelCard) -> None:
             raise VersionFailed(f"SavedModel file not listed in the card: {rel}")
 
 
-def _batching_mode(loaded: LoadedVersion | None) -> str | None:
-    if loaded is None:
-        return None
-    if loaded.min_batch is None:
-        return "per_image"
-    return "stacked" if loaded.min_batch == 1 else f"stacked, padded to >= {loaded.min_batch}"
-
-
 def _check_card(card: ModelCard, name: str, version: int) -> None:
     if card.name != name or card.version != version:
         raise VersionFailed(f"card says {card.name}/{card.version}, folder is {name}/{version}")
@@ -212,6 +167,9 @@ class ModelRegistry:
     store: Path
     loader: Loader = load_saved_model
     warmup: Warmup = field(default_factory=lambda: warmup_runtime([1]))
+    # How loaded versions are batched (app/batching.py): "stacked", or "per_image" when
+    # LEUK_EXACT_BATCHING runs every image alone. Reported per loaded version.
+    batching: Literal["stacked", "per_image"] = "stacked"
     _loaded: dict[tuple[str, int], LoadedVersion] = field(default_factory=dict)
     _status: dict[tuple[str, int], VersionStatus] = field(default_factory=dict)
     _chosen: dict[str, int] = field(default_factory=dict)  # model -> version served by default
@@ -287,7 +245,7 @@ class ModelRegistry:
         _check_card(card, name, version)
         verify_files(path, card)
         runtime = self.loader(path, card)
-        min_batch = self.warmup(runtime)
+        self.warmup(runtime)
         return LoadedVersion(
             name=name,
             version=version,
@@ -296,7 +254,6 @@ class ModelRegistry:
             runtime=runtime,
             load_seconds=time.perf_counter() - start,
             loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            min_batch=min_batch,
         )
 
     def select(self, name: str, pinned: int | None = None) -> LoadedVersion:
@@ -391,7 +348,7 @@ class ModelRegistry:
                     str(v): {
                         "state": status.get((name, v), VersionStatus()).state,
                         "reason": status.get((name, v), VersionStatus()).reason,
-                        "batching": _batching_mode(loaded.get((name, v))),
+                        "batching": self.batching if (name, v) in loaded else None,
                     }
                     for v in versions
                 },

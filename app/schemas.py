@@ -129,10 +129,9 @@ class ModelInfo(BaseModel):
     load_seconds: float | None
     loaded_at: str | None
     batching: str | None = Field(
-        description="'stacked': batches run as one call; 'stacked, padded to >= N': batches "
-        "smaller than N are padded with copies (sizes below N give different last bits); "
-        "'per_image': one image per call, because no small batch size gives stable rows; "
-        "null: not loaded. Either way a result does not depend on its batch companions."
+        description="'stacked': images that queue together run as one call (a result stays "
+        "within 1e-5 of the single-image result); 'per_image': every image runs alone "
+        "(LEUK_EXACT_BATCHING=true; bit-identical to a single-image call); null: not loaded."
     )
     input_checks: str
 

@@ -115,7 +115,7 @@ def measure_single_image_threads(
     signature: Any, pixels: np.ndarray, threads: int, seconds: float
 ) -> dict[str, float]:
     """One image per call from ``threads`` threads at once: the service's per-image mode
-    (models whose stacked rows are not bit-identical to single-image rows)."""
+    (``LEUK_EXACT_BATCHING=true``)."""
     import tensorflow as tf
 
     image = tf.constant(pixels[np.newaxis])

@@ -223,8 +223,8 @@ def _ceiling_section(results: dict[str, Any]) -> list[str]:
         ]
         lines += [
             "",
-            "One image per call from several threads at once (the service's per-image "
-            "mode for models whose stacked rows are not bit-identical): " + "; ".join(parts) + ".",
+            "One image per call from several threads at once (the service's "
+            "LEUK_EXACT_BATCHING=true mode): " + "; ".join(parts) + ".",
         ]
     tflite = ceiling.get("tflite")
     if tflite and "by_batch" in tflite:
@@ -290,8 +290,8 @@ def _time_budget(results: dict[str, Any]) -> list[str]:
     by_batch = ceiling["signature"]["by_batch"]
     decode_cpu = ceiling["preprocessing"]["decode_pil"]["cpu_ms_per_image"]
     modes = results.get("servers", {}).get("service", {}).get("batching", [])
-    # A service that pads lone images (so every call has >= 2 rows) computes the padding too;
-    # its batch-size histogram counts real images only.
+    # Results of services that padded lone images to 2 rows (older runs kept in results/)
+    # computed the padding too; the batch-size histogram counts real images only.
     pad_to = 2 if any("padded to >= 2" in mode for mode in modes) else 1
     rows = []
     for r in sorted(service_runs, key=lambda r: int(r["concurrency"])):
