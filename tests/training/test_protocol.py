@@ -1,0 +1,120 @@
+"""The recipe-comparison protocol (training/protocol.py) on small generated populations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from training.protocol import (
+    Cells,
+    FloatArray,
+    comparison_report,
+    decide,
+    paired_comparison,
+    recipe_summary,
+    repeated_subject_folds,
+    run_recipe,
+    weighted_auc,
+    weighted_f1,
+)
+
+
+def population(n_all: int = 20, n_hem: int = 10, per_subject: int = 30) -> Cells:
+    subjects = [f"ALL_{i}" for i in range(n_all)] + [f"H_{i}" for i in range(n_hem)]
+    labels = [1] * n_all + [0] * n_hem
+    return Cells(
+        np.repeat(np.array(subjects), per_subject), np.repeat(np.array(labels), per_subject)
+    )
+
+
+def recipe(cells: Cells, signal: float, noise_seed: int):  # type: ignore[no-untyped-def]
+    """A stand-in for training: scores = signal x label + a per-subject shift + noise. The
+    shift and the noise depend on the subject/cell and the seed, never on the test labels."""
+    subjects = np.unique(cells.subjects)
+    shift = dict(
+        zip(subjects, np.random.default_rng(99).normal(0, 0.5, len(subjects)), strict=True)
+    )
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def fit_score(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[FloatArray, float]:
+        seen.append((set(cells.subjects[train]), set(cells.subjects[test])))
+        rng = np.random.default_rng([noise_seed, seed])
+        y = cells.labels[test]
+        s = signal * y + np.array([shift[x] for x in cells.subjects[test]])
+        s = s + rng.normal(0, 1.0, size=len(y))
+        return 1 / (1 + np.exp(-s)), 0.5
+
+    return fit_score, seen
+
+
+def test_folds_group_subjects_and_differ_between_repeats() -> None:
+    cells = population()
+    folds = repeated_subject_folds(cells, n_folds=5, repeats=3, seed=0)
+    assert folds.shape == (3, len(cells.labels))
+    for repeat in folds:
+        for subject in np.unique(cells.subjects):
+            assert len(np.unique(repeat[cells.subjects == subject])) == 1  # never split
+        for k in range(5):  # stratified: both classes in every fold
+            assert set(cells.labels[repeat == k]) == {0, 1}
+    assert not np.array_equal(folds[0], folds[1])
+    assert np.array_equal(folds, repeated_subject_folds(cells, 5, 3, seed=0))  # deterministic
+
+
+def test_recipe_never_sees_its_test_subjects_in_training() -> None:
+    cells = population()
+    folds = repeated_subject_folds(cells, 5, 2)
+    fit_score, seen = recipe(cells, 1.0, 0)
+    run = run_recipe("a", fit_score, cells, folds)
+    assert len(seen) == 10 and run.scores.shape == (2, len(cells.labels))
+    for train, test in seen:
+        assert not train & test
+
+
+def test_weighted_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    score = np.round(rng.random(200), 2)  # ties on purpose
+    w = rng.integers(0, 4, 200).astype(float)
+    assert weighted_auc(y, score, w) == pytest.approx(roc_auc_score(y, score, sample_weight=w))
+    pred = score >= 0.4
+    assert weighted_f1(y, pred, w) == pytest.approx(
+        f1_score(y, pred, average="weighted", sample_weight=w)
+    )
+
+
+def test_a_real_gain_is_detected_and_no_gain_is_not() -> None:
+    cells = population()
+    folds = repeated_subject_folds(cells, 5, 2)
+    weak = run_recipe("weak", recipe(cells, 0.3, 1)[0], cells, folds)
+    strong = run_recipe("strong", recipe(cells, 3.0, 2)[0], cells, folds)
+    twin = run_recipe("twin", recipe(cells, 0.3, 1)[0], cells, folds)
+
+    better = paired_comparison(cells, weak, strong, n_boot=200)
+    assert better["roc_auc"]["ci95"][0] > 0
+    assert decide(better, 5.0, 9.0)[0] == "replace"
+
+    same = paired_comparison(cells, weak, twin, n_boot=200)
+    assert same["roc_auc"]["difference"] == 0 and same["roc_auc"]["ci95"] == (0.0, 0.0)
+    assert decide(same, 5.0, 5.0)[0] == "keep"
+    assert decide(same, 5.0, 2.0)[0] == "replace"  # level and cheaper
+
+    worse = paired_comparison(cells, strong, weak, n_boot=200)
+    assert decide(worse, 9.0, 1.0)[0] == "keep"  # cheaper is not enough when worse
+    report = comparison_report(better, decide(better, 5.0, 9.0), "weak", "strong", 5, 2, 200)
+    assert "| roc_auc |" in report and "replace" in report
+
+
+def test_summary_intervals_bracket_the_estimate() -> None:
+    cells = population()
+    run = run_recipe("a", recipe(cells, 1.5, 0)[0], cells, repeated_subject_folds(cells, 5, 2))
+    summary = recipe_summary(cells, run, n_boot=200)
+    for metric in ("roc_auc", "balanced_accuracy", "weighted_f1", "subject_auc"):
+        low, high = summary[metric]["ci95"]
+        assert low <= summary[metric]["value"] <= high
+        assert 0.0 <= low <= high <= 1.0
+
+
+def test_cells_reject_a_subject_with_both_classes() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        Cells(np.array(["a", "a"]), np.array([0, 1]))
