@@ -82,6 +82,27 @@ def main(argv: list[str] | None = None) -> int:
     tput.add_argument("--cache-dir", type=Path, default=Path("cache"))
     tput.add_argument("--epochs", type=int, default=2)
     tput.add_argument("--out", type=Path, default=None)
+    prot = sub.add_parser(
+        "protocol",
+        help="compare two recipes by repeated subject-grouped CV (training/protocol.py)",
+    )
+    prot.add_argument("--data", type=Path, default=Path("../shared/data/cnmc"))
+    prot.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    prot.add_argument("--base", type=Path, required=True, help="config JSON of the default")
+    prot.add_argument("--challenger", type=Path, required=True, help="config JSON to test")
+    prot.add_argument("--folds", type=int, default=5)
+    prot.add_argument("--repeats", type=int, default=2)
+    prot.add_argument("--seed", type=int, default=0)
+    prot.add_argument("--bootstrap", type=int, default=1000)
+    prot.add_argument(
+        "--serving-ms",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("BASE", "CHALLENGER"),
+        help="measured serving CPU ms/image of each (enables the 'level and cheaper' rule)",
+    )
+    prot.add_argument("--out", type=Path, required=True)
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -120,6 +141,22 @@ def main(argv: list[str] | None = None) -> int:
 
         for row in classify_files(args.version_dir, args.files):
             print(json.dumps(row))
+        return 0
+    if args.command == "protocol":
+        from training.study import compare_recipes
+
+        compare_recipes(
+            args.data,
+            args.cache_dir,
+            args.base,
+            args.challenger,
+            args.out,
+            n_folds=args.folds,
+            repeats=args.repeats,
+            seed=args.seed,
+            n_boot=args.bootstrap,
+            serving_ms=tuple(args.serving_ms) if args.serving_ms else None,
+        )
         return 0
     if args.command == "throughput":
         from training.throughput import measure

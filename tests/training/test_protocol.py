@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
@@ -118,3 +121,33 @@ def test_summary_intervals_bracket_the_estimate() -> None:
 def test_cells_reject_a_subject_with_both_classes() -> None:
     with pytest.raises(ValueError, match="both classes"):
         Cells(np.array(["a", "a"]), np.array([0, 1]))
+
+
+def test_compare_recipes_on_real_training_writes_a_report_and_reuses_runs(
+    cnmc_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The protocol's adaptor trains real (tiny) models per fold; a second comparison with
+    the same recipes, folds and data trains nothing."""
+    import json
+
+    from tests.training.test_training import TINY_CONFIG
+    from training import pipeline
+    from training.study import compare_recipes
+
+    base, challenger = tmp_path / "base.json", tmp_path / "wider.json"
+    base.write_text(json.dumps({"config": TINY_CONFIG.to_dict()}))
+    wider = dataclasses.replace(TINY_CONFIG, epochs=3)
+    challenger.write_text(json.dumps(wider.to_dict()))
+    out = tmp_path / "protocol"
+    kwargs = dict(n_folds=2, repeats=1, n_boot=50)
+    result = compare_recipes(cnmc_tiny, tmp_path / "cache", base, challenger, out, **kwargs)
+    assert set(result["comparison"]["roc_auc"]) >= {"base", "wider", "difference", "ci95"}
+    assert result["costs"]["base"]["fits"] == 2 and result["costs"]["wider"]["fits"] == 2
+    assert "| roc_auc |" in (out / "report.md").read_text()
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("a cached recipe was trained again")
+
+    monkeypatch.setattr(pipeline, "run_split", no_training)
+    again = compare_recipes(cnmc_tiny, tmp_path / "cache", base, challenger, out, **kwargs)
+    assert again["comparison"] == result["comparison"]

@@ -1,0 +1,171 @@
+"""Run training recipes through the comparison protocol (training/protocol.py) on real data.
+
+    python -m training protocol --data ../shared/data/cnmc --base base.json \
+        --challenger challenger.json --folds 5 --repeats 2 --out reports/protocol/<name>
+
+``base.json``/``challenger.json`` hold a ``TrainConfig`` (the ``config`` of a run's
+config.json, or a bare dict). Each recipe's out-of-fold scores are kept in
+``<out>/runs/<config digest>.npz`` with its costs, so a recipe already run with the same
+folds, seeds and data is not trained again when it meets another challenger. The report is
+``<out>/report.md`` plus ``<out>/comparison.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.data import CachedImages, load_images
+from training.protocol import (
+    Cells,
+    FitScore,
+    FloatArray,
+    RecipeRun,
+    comparison_report,
+    decide,
+    paired_comparison,
+    recipe_summary,
+    repeated_subject_folds,
+    run_recipe,
+)
+from training.splits import Split, pick_validation, subject_table
+from training.train import TrainConfig
+
+
+def config_digest(config: TrainConfig, n_folds: int, repeats: int, seed: int, manifest: str) -> str:
+    text = json.dumps(
+        {"config": config.to_dict(), "folds": n_folds, "repeats": repeats, "seed": seed,
+         "data": manifest},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_score_for(config: TrainConfig, images: CachedImages, cost: dict[str, float]) -> FitScore:
+    """Train ``config`` on the training subjects (validation subjects picked among them, as
+    in every run), score the test cells; ``cost`` accumulates training and scoring times."""
+    from training.pipeline import run_split
+
+    table = subject_table(images.subjects, images.labels)
+
+    def fit_score(train: np.ndarray, test: np.ndarray, seed: int) -> tuple[FloatArray, float]:
+        train_subjects = sorted({str(s) for s in images.subjects[train]})
+        validation = pick_validation(
+            {s: table[s] for s in train_subjects},
+            train_subjects,
+            config.validation_fraction,
+            config.validation_max_share,
+        )
+        split = Split(
+            f"protocol-seed{seed}",
+            tuple(s for s in train_subjects if s not in validation),
+            tuple(sorted(validation)),
+            tuple(sorted({str(s) for s in images.subjects[test]})),
+        )
+        split.check_disjoint()
+        started = time.perf_counter()
+        outcome = run_split(replace(config, seed=seed), images, split)
+        cost["fits"] = cost.get("fits", 0) + 1
+        cost["train_seconds"] = cost.get("train_seconds", 0.0) + outcome.result.seconds
+        cost["seconds_per_epoch_sum"] = (
+            cost.get("seconds_per_epoch_sum", 0.0) + outcome.result.seconds_per_epoch
+        )
+        cost["wall_seconds"] = cost.get("wall_seconds", 0.0) + time.perf_counter() - started
+        return outcome.p_test.astype(np.float64), float(outcome.threshold)
+
+    return fit_score
+
+
+def run_or_reuse(
+    name: str,
+    config: TrainConfig,
+    images: CachedImages,
+    cells: Cells,
+    folds: np.ndarray,
+    seed: int,
+    out: Path,
+) -> RecipeRun:
+    digest = config_digest(config, int(folds.max()) + 1, len(folds), seed, images.manifest_sha256)
+    cached = out / "runs" / f"{digest}.npz"
+    if cached.is_file():
+        saved = np.load(cached, allow_pickle=False)
+        print(f"[protocol] {name}: reusing {cached}", flush=True)
+        return RecipeRun(name, saved["scores"], saved["thresholds"], json.loads(str(saved["cost"])))
+    cost: dict[str, float] = {}
+    run = run_recipe(name, fit_score_for(config, images, cost), cells, folds, seed)
+    cost["seconds_per_epoch"] = cost.pop("seconds_per_epoch_sum") / cost["fits"]
+    run.cost = cost
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cached,
+        scores=run.scores,
+        thresholds=run.thresholds,
+        cost=json.dumps(cost),
+        config=json.dumps(config.to_dict(), default=str),
+    )
+    return run
+
+
+def read_config(path: Path) -> TrainConfig:
+    raw: dict[str, Any] = json.loads(path.read_text())
+    return TrainConfig.from_dict(raw.get("config", raw))
+
+
+def compare_recipes(
+    data: Path,
+    cache_dir: Path,
+    base_path: Path,
+    challenger_path: Path,
+    out: Path,
+    n_folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+    n_boot: int = 1000,
+    serving_ms: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Run (or reuse) both recipes on the same folds and seeds; write the report."""
+    base, challenger = read_config(base_path), read_config(challenger_path)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    cells: Cells | None = None
+    folds: np.ndarray | None = None
+    for name, config in ((base_path.stem, base), (challenger_path.stem, challenger)):
+        # Each recipe has its own resized cache; the cells and subjects must be the same.
+        images = load_images(data, config.input_size, config.crop_fraction, cache_dir)
+        these = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
+        if cells is None:
+            cells, folds = these, repeated_subject_folds(these, n_folds, repeats, seed)
+        elif not np.array_equal(cells.subjects, these.subjects):
+            raise ValueError("the two recipes see different cells (data or dedupe changed)")
+        assert folds is not None
+        runs.append(run_or_reuse(name, config, images, cells, folds, seed, out))
+    assert cells is not None
+    comparison = paired_comparison(cells, runs[0], runs[1], n_boot=n_boot, seed=seed)
+    # Without measured serving costs, "equal and cheaper" cannot apply: pass equal costs.
+    base_ms, challenger_ms = serving_ms or (1.0, 1.0)
+    verdict = decide(comparison, base_ms, challenger_ms)
+    report = comparison_report(
+        comparison, verdict, runs[0].name, runs[1].name, n_folds, repeats, n_boot
+    )
+    costs = "\n".join(
+        f"- {run.name}: {run.cost.get('seconds_per_epoch', 0):.1f} s/epoch, "
+        f"{run.cost.get('train_seconds', 0):.0f} s training over {run.cost.get('fits', 0):.0f} fits"
+        for run in runs
+    )
+    summaries = {run.name: recipe_summary(cells, run, n_boot=n_boot, seed=seed) for run in runs}
+    (out / "report.md").write_text(report + "\n## Cost\n\n" + costs + "\n")
+    result = {
+        "comparison": comparison,
+        "verdict": verdict,
+        "summaries": summaries,
+        "costs": {run.name: run.cost for run in runs},
+    }
+    (out / "comparison.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(report, flush=True)
+    return result
