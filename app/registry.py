@@ -9,6 +9,7 @@ never crashes the process; without a pin, the newest version that loads is serve
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
 from app.runtime import ModelRuntime, SavedModelRuntime
 
 CARD_FILE = "model_card.json"
+_TF_FUNCTION_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
 class CardInput(BaseModel):
@@ -232,6 +234,7 @@ def load_error_reason(exc: BaseException) -> str:
         return str(exc)[:500]
     message = str(getattr(exc, "message", "") or exc)
     first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    first_line = _TF_FUNCTION_PREFIX.sub("", first_line)  # names TF's graph node, not the file
     reason = f"load failed: {type(exc).__name__}" + (f": {first_line}" if first_line else "")
     return reason if len(reason) <= 300 else reason[:299] + "…"
 
