@@ -3,7 +3,9 @@
 Layout and rules are in model_store/README.md (as TensorFlow Serving: integer version
 folders, the highest served unless pinned, anything else ignored). A version that fails to
 load (missing card, hash mismatch, unreadable SavedModel) is recorded with its reason and
-never crashes the process; without a pin, the newest version that loads is served.
+never crashes the process, and is verified again once its files change (a copy completed,
+a file replaced); without a pin, the newest version that loads is served. A loaded version
+keeps serving from memory if its files later vanish from disk, and says so in ``describe``.
 """
 
 from __future__ import annotations
