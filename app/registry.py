@@ -25,8 +25,10 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
+from app.logging import get_logger
 from app.runtime import ModelRuntime, SavedModelRuntime
 
+_log = get_logger("store")
 CARD_FILE = "model_card.json"
 _TF_FUNCTION_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
@@ -331,6 +333,10 @@ class ModelRegistry:
                 reason = load_error_reason(exc)
                 with self._lock:
                     self._status[key] = VersionStatus("failed", reason, seen)
+                # Once per distinct set of files: a poller retrying unchanged files is silent.
+                _log.warning(
+                    "version failed", extra={"model": name, "version": version, "reason": reason}
+                )
                 raise VersionFailed(reason) from exc
             with self._lock:
                 self._loaded[key] = loaded

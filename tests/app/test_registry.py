@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -148,11 +149,19 @@ def test_failed_version_is_verified_again_only_when_its_files_change(tiny_store:
             raise RuntimeError("disk hiccup\nsecond line")
         return load_saved_model(path, card)
 
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("leuk.store").addHandler(handler)
     registry = ModelRegistry(tiny_store, loader=flaky_loader)
-    for _ in range(2):  # the second attempt sees the same files: not loaded again
-        with pytest.raises(VersionFailed, match=r"^load failed: RuntimeError: disk hiccup$"):
-            registry.load("tiny", 2)
+    try:
+        for _ in range(3):  # later attempts see the same files: not loaded again, not logged
+            with pytest.raises(VersionFailed, match=r"^load failed: RuntimeError: disk hiccup$"):
+                registry.load("tiny", 2)
+    finally:
+        logging.getLogger("leuk.store").removeHandler(handler)
     assert len(calls) == 1
+    assert [(r.getMessage(), r.__dict__["version"]) for r in logged] == [("version failed", 2)]
     card = tiny_store / "tiny" / "2" / "model_card.json"
     stat = card.stat()
     os.utime(card, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))

@@ -145,8 +145,10 @@ async def test_corrupt_newer_version_is_reported_then_served_once_repaired(
     source = version_source(tiny_store, tmp_path, 3)
     async with serve(polling()) as client:
         await assert_serves(client, "tiny", 2)
-        publish(source, tiny_store / "tiny" / "3")
-        flip_last_byte(tiny_store / "tiny" / "3" / DATA_FILE)
+        corrupt = tmp_path / "corrupt"
+        shutil.copytree(source, corrupt)
+        flip_last_byte(corrupt / DATA_FILE)  # before publishing: the poller never sees it intact
+        publish(corrupt, tiny_store / "tiny" / "3")
         health = await health_when(
             client, lambda h: version_state(h, "tiny", 3).get("state") == "failed", "v3 failed"
         )
