@@ -240,6 +240,8 @@ async def test_empty_store_becomes_ready_when_a_model_is_copied_in_file_by_file(
         assert health["ready"] is False and "store has 0 models" in health["reason"]
         response = await classify(client)
         assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+        info = await client.get("/model-info")
+        assert info.status_code == 503 and info.json()["error"]["code"] == "not_ready"
         report("empty store", health, response)
 
         copy_file(source, store / "other", files[0])
