@@ -13,7 +13,7 @@ from app.batching import Batcher
 from app.errors import ModelNotFound, ModelUnavailable, NotReady, ServiceError, VersionNotFound
 from app.imaging import DecodedImage, decode_image
 from app.metrics import Metrics
-from app.registry import LoadedVersion, ModelRegistry, VersionFailed, read_card
+from app.registry import LoadedVersion, ModelRegistry, VersionFailed, missing_files, read_card
 from app.schemas import (
     ClassifyResponse,
     HealthSummary,
@@ -95,17 +95,27 @@ class DataPlane:
         self._update_reason(name)
 
     def _update_reason(self, name: str) -> None:
-        """Say so when a newer version than the one served is broken."""
+        self.state.reason = self._serving_reason(name)
+
+    def _serving_reason(self, name: str) -> str | None:
+        """What a ready service should admit: the served version's files are gone from disk
+        (it still answers from memory), or a newer version than the one served is broken."""
         served = self.registry.get_loaded(name, None)
         versions = self.registry.describe().get(name, {}).get("versions", {})
+        notes = []
+        if served is not None and (missing := missing_files(served.path, served.card)):
+            notes.append(
+                f"serving version {served.version} from memory; files missing on disk: "
+                + ", ".join(missing)
+            )
         broken = [
             f"version {v}: {s['reason']}"
             for v, s in versions.items()
             if s["state"] == "failed" and (served is None or int(v) > served.version)
         ]
-        self.state.reason = (
-            ("serving last good version; skipped " + "; ".join(broken)) if broken else None
-        )
+        if broken:
+            notes.append("serving last good version; skipped " + "; ".join(broken))
+        return "; ".join(notes) or None
 
     def served_default(self) -> LoadedVersion:
         if not self.state.ready or self.state.default_model is None:
@@ -235,7 +245,10 @@ class DataPlane:
         return HealthSummary(
             status="ready" if self.state.ready else "not_ready",
             ready=self.state.ready,
-            reason=self.state.reason,
+            # Computed now when ready, so files deleted since the last poll are reported.
+            reason=self._serving_reason(default)
+            if self.state.ready and default
+            else self.state.reason,
             default_model=default,
             default_version=loaded.version if loaded else None,
             uptime_seconds=round(time.monotonic() - self.state.started_at, 3),
@@ -248,6 +261,9 @@ class DataPlane:
             name = self.state.default_model
             if name is None:
                 raise NotReady(self.state.reason or "No default model.")
+        # Looked up before describing: the description includes every loaded version, so
+        # what is served is answered from memory even when its files are gone from disk.
+        loaded = self.registry.get_loaded(name, version)
         described = self.registry.describe()
         if name not in described:
             raise ModelNotFound(f"Model {name!r} is not in the store.")
@@ -255,7 +271,6 @@ class DataPlane:
         versions = [int(v) for v in entry["versions"]]
         if version is not None and version not in versions:
             raise VersionNotFound(f"Model {name!r} has no version {version}.")
-        loaded = self.registry.get_loaded(name, version)
         if loaded is not None:
             card, chosen = loaded.card, loaded.version
         else:

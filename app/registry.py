@@ -3,12 +3,15 @@
 Layout and rules are in model_store/README.md (as TensorFlow Serving: integer version
 folders, the highest served unless pinned, anything else ignored). A version that fails to
 load (missing card, hash mismatch, unreadable SavedModel) is recorded with its reason and
-never crashes the process; without a pin, the newest version that loads is served.
+never crashes the process, and is verified again once its files change (a copy completed,
+a file replaced); without a pin, the newest version that loads is served. A loaded version
+keeps serving from memory if its files later vanish from disk, and says so in ``describe``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +25,12 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
+from app.logging import get_logger
 from app.runtime import ModelRuntime, SavedModelRuntime
 
+_log = get_logger("store")
 CARD_FILE = "model_card.json"
+_TF_FUNCTION_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
 
 
 class CardInput(BaseModel):
@@ -75,10 +81,17 @@ class LoadedVersion:
         return self.card.labels.index(self.card.positive_label)
 
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+"""(relative path, size, mtime_ns) of every file of a version folder, card included."""
+
+
 @dataclass
 class VersionStatus:
     state: Literal["available", "loading", "ready", "failed"] = "available"
     reason: str | None = None
+    # What the folder held when it failed: the version is verified again once this changes
+    # (a version seen half-copied must not stay failed once the copy completes).
+    fingerprint: Fingerprint | None = None
 
 
 class VersionFailed(Exception):
@@ -127,6 +140,8 @@ def read_card(version_dir: Path) -> ModelCard:
         return ModelCard.model_validate_json((version_dir / CARD_FILE).read_bytes())
     except FileNotFoundError as exc:
         raise VersionFailed(f"{CARD_FILE} is missing") from exc
+    except OSError as exc:
+        raise VersionFailed(f"{CARD_FILE} cannot be read: {exc.strerror}") from exc
     except ValidationError as exc:
         raise VersionFailed(f"{CARD_FILE} is invalid: {exc.errors()[0]['msg']}") from exc
 
@@ -134,12 +149,15 @@ def read_card(version_dir: Path) -> ModelCard:
 def verify_files(version_dir: Path, card: ModelCard) -> None:
     """Every SavedModel file must be listed in the card and match its sha256."""
     root = version_dir.resolve()
-    for rel, expected in card.files.items():
+    for rel in card.files:
         path = (version_dir / rel).resolve()
         if not path.is_relative_to(root):
             raise VersionFailed(f"card lists a file outside the version folder: {rel}")
         if not path.is_file():
             raise VersionFailed(f"file listed in the card is missing: {rel}")
+    # Every file is present before any is hashed: a half-copied version fails at once.
+    for rel, expected in card.files.items():
+        path = version_dir / rel
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             while chunk := handle.read(1 << 20):
@@ -151,6 +169,41 @@ def verify_files(version_dir: Path, card: ModelCard) -> None:
         rel = path.relative_to(version_dir).as_posix()
         if path.is_file() and rel not in card.files:
             raise VersionFailed(f"SavedModel file not listed in the card: {rel}")
+
+
+def fingerprint(version_dir: Path) -> Fingerprint:
+    """Names, sizes and mtimes of the files under ``version_dir`` (empty when it is gone)."""
+    found = []
+    try:
+        for path in version_dir.rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                rel = path.relative_to(version_dir).as_posix()
+                found.append((rel, stat.st_size, stat.st_mtime_ns))
+    except OSError:  # a file vanished while listing: a changed folder, fingerprint again later
+        return ()
+    return tuple(sorted(found))
+
+
+def missing_files(version_dir: Path, card: ModelCard) -> list[str]:
+    """Files of a loaded version that are no longer on disk (["version folder"] if all are)."""
+    if not version_dir.is_dir():
+        return ["version folder"]
+    return [rel for rel in [CARD_FILE, *card.files] if not (version_dir / rel).is_file()]
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """A readable, bounded reason: the exception type and the first line of its message.
+
+    TensorFlow's errors keep their text in ``.message`` and repr as e.g. ``DataLossError()``.
+    """
+    if isinstance(exc, VersionFailed):
+        return str(exc)[:500]
+    message = str(getattr(exc, "message", "") or exc)
+    first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    first_line = _TF_FUNCTION_PREFIX.sub("", first_line)  # names TF's graph node, not the file
+    reason = f"load failed: {type(exc).__name__}" + (f": {first_line}" if first_line else "")
+    return reason if len(reason) <= 300 else reason[:299] + "…"
 
 
 def _check_card(card: ModelCard, name: str, version: int) -> None:
@@ -185,11 +238,14 @@ class ModelRegistry:
         for model_dir in sorted(self.store.iterdir()):
             if not model_dir.is_dir() or model_dir.name.startswith("."):
                 continue
-            versions = sorted(
-                int(child.name)
-                for child in model_dir.iterdir()
-                if child.is_dir() and child.name.isdigit() and int(child.name) >= 1
-            )
+            try:
+                versions = sorted(
+                    int(child.name)
+                    for child in model_dir.iterdir()
+                    if child.is_dir() and child.name.isdigit() and int(child.name) >= 1
+                )
+            except OSError:  # removed while listing
+                continue
             if versions:
                 found[model_dir.name] = versions
         return found
@@ -223,15 +279,22 @@ class ModelRegistry:
                 if key in self._loaded:
                     return self._loaded[key]
                 status = self._status.get(key)
-                if status is not None and status.state == "failed":
-                    raise VersionFailed(status.reason or "failed")
+            # Taken before verifying: files that change during the load are verified again.
+            seen = fingerprint(self.store / name / str(version))
+            if status is not None and status.state == "failed" and status.fingerprint == seen:
+                raise VersionFailed(status.reason or "failed")
+            with self._lock:
                 self._status[key] = VersionStatus("loading")
             try:
                 loaded = self._load_uncached(name, version)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, VersionFailed) else f"load failed: {exc!r}"
+                reason = load_error_reason(exc)
                 with self._lock:
-                    self._status[key] = VersionStatus("failed", reason[:500])
+                    self._status[key] = VersionStatus("failed", reason, seen)
+                # Once per distinct set of files: a poller retrying unchanged files is silent.
+                _log.warning(
+                    "version failed", extra={"model": name, "version": version, "reason": reason}
+                )
                 raise VersionFailed(reason) from exc
             with self._lock:
                 self._loaded[key] = loaded
@@ -286,16 +349,14 @@ class ModelRegistry:
     def refresh(self, name: str) -> LoadedVersion | None:
         """Serve a newer version of ``name`` if one appeared and loads; else None.
 
-        Versions that fail stay failed (versions are immutable) and the current one is kept.
+        A version that failed is verified again only once its files changed (see ``load``);
+        the current one is kept meanwhile.
         """
         with self._lock:
             current = self._chosen.get(name)
-            failed = {
-                v for (n, v), st in self._status.items() if n == name and st.state == "failed"
-            }
         if current is None:
             return None
-        newer = [v for v in self.models().get(name, []) if v > current and v not in failed]
+        newer = [v for v in self.models().get(name, []) if v > current]
         for version in sorted(newer, reverse=True):
             try:
                 loaded = self.load(name, version)
@@ -335,25 +396,38 @@ class ModelRegistry:
 
     # --- reporting ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Every model and version on disk with its state (and why, when failed)."""
+        """Every model and version on disk or loaded, with its state (and why, when failed).
+
+        A loaded version stays ``ready`` when its files vanish from disk (it still answers
+        from memory); its reason then names the missing files.
+        """
         with self._lock:
             status = dict(self._status)
             chosen = dict(self._chosen)
             loaded = dict(self._loaded)
+        on_disk = self.models()
+        names = sorted({*on_disk, *(name for name, _ in loaded)})
         out: dict[str, Any] = {}
-        for name, versions in self.models().items():
+        for name in names:
+            versions = sorted({*on_disk.get(name, []), *(v for n, v in loaded if n == name)})
             out[name] = {
                 "default_version": chosen.get(name),
                 "versions": {
-                    str(v): {
-                        "state": status.get((name, v), VersionStatus()).state,
-                        "reason": status.get((name, v), VersionStatus()).reason,
-                        "batching": self.batching if (name, v) in loaded else None,
-                    }
+                    str(v): self._describe_version(status.get((name, v)), loaded.get((name, v)))
                     for v in versions
                 },
             }
         return out
+
+    def _describe_version(
+        self, status: VersionStatus | None, loaded: LoadedVersion | None
+    ) -> dict[str, Any]:
+        status = status or VersionStatus()
+        reason = status.reason
+        if loaded is not None and (missing := missing_files(loaded.path, loaded.card)):
+            reason = "files missing on disk: " + ", ".join(missing)
+        batching = self.batching if loaded is not None else None
+        return {"state": status.state, "reason": reason, "batching": batching}
 
     def loaded_versions(self) -> list[LoadedVersion]:
         with self._lock:

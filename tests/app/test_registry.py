@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -12,7 +14,8 @@ import httpx
 import pytest
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
-from app.registry import ModelRegistry, VersionFailed
+from app.registry import ModelCard, ModelRegistry, VersionFailed, load_saved_model
+from app.runtime import ModelRuntime
 from app.settings import Settings
 from tests.app.conftest import CNMC_PNGS, serve
 
@@ -97,14 +100,78 @@ def test_broken_versions_say_why(
         ModelRegistry(tiny_store).load("tiny", 2)
 
 
-def test_unloadable_saved_model_is_reported(tiny_store: Path) -> None:
-    version = tiny_store / "tiny" / "2"
-    (version / "saved_model.pb").write_bytes(b"not a protobuf")
+def flip_middle_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (
+            lambda d: flip_middle_byte(next((d / "variables").glob("variables.data-*"))),
+            r"load failed: DataLossError: TensorBundle at .*Checksum does not match",
+        ),
+        (
+            lambda d: (d / "saved_model.pb").write_bytes(b"not a protobuf"),
+            r"load failed: OSError: Cannot parse file .*saved_model\.pb",
+        ),
+        (
+            lambda d: (d / "variables" / "variables.index").write_bytes(b"short"),
+            r"load failed: \w*Error: .*too short",
+        ),
+    ],
+)
+def test_tensorflow_load_errors_say_what_failed(
+    tiny_store: Path, damage: Callable[[Path], object], reason: str
+) -> None:
+    """Damage the card's hashes cannot see (re-hashed): TensorFlow's own error, readable."""
     from tests.app.tiny_model import file_hashes
 
-    edit_card(version, files=file_hashes(version))  # hashes match; content is garbage
-    with pytest.raises(VersionFailed, match="load failed"):
-        ModelRegistry(tiny_store).load("tiny", 2)
+    version = tiny_store / "tiny" / "2"
+    damage(version)
+    edit_card(version, files=file_hashes(version))
+    registry = ModelRegistry(tiny_store)
+    with pytest.raises(VersionFailed) as failed:
+        registry.load("tiny", 2)
+    assert re.match(reason, str(failed.value)), str(failed.value)
+    assert "\n" not in str(failed.value) and len(str(failed.value)) <= 300
+    assert registry.describe()["tiny"]["versions"]["2"]["reason"] == str(failed.value)
+
+
+def test_failed_version_is_verified_again_only_when_its_files_change(tiny_store: Path) -> None:
+    calls = []
+
+    def flaky_loader(path: Path, card: ModelCard) -> ModelRuntime:
+        calls.append(path)
+        if len(calls) == 1:
+            raise RuntimeError("disk hiccup\nsecond line")
+        return load_saved_model(path, card)
+
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # type: ignore[method-assign]
+    logging.getLogger("leuk.store").addHandler(handler)
+    registry = ModelRegistry(tiny_store, loader=flaky_loader)
+    try:
+        for _ in range(3):  # later attempts see the same files: not loaded again, not logged
+            with pytest.raises(VersionFailed, match=r"^load failed: RuntimeError: disk hiccup$"):
+                registry.load("tiny", 2)
+    finally:
+        logging.getLogger("leuk.store").removeHandler(handler)
+    assert len(calls) == 1
+    assert [(r.getMessage(), r.__dict__["version"]) for r in logged] == [("version failed", 2)]
+    card = tiny_store / "tiny" / "2" / "model_card.json"
+    stat = card.stat()
+    os.utime(card, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert registry.load("tiny", 2).version == 2
+    assert len(calls) == 2
+    assert registry.describe()["tiny"]["versions"]["2"] == {
+        "state": "ready",
+        "reason": None,
+        "batching": "stacked",
+    }
 
 
 def test_broken_newest_falls_back_to_last_good(tiny_store: Path) -> None:
