@@ -58,7 +58,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, dest=f.name, default=None, type=kind)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="cross-validate by subject, train the shipped model, export")
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.command == "run":
         from training.pipeline import train_and_export

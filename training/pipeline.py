@@ -208,6 +208,27 @@ def train_and_export(
     if model_store is None:
         return summary
 
+    out = export_shipped(
+        config, name, description, shipped, images, cv, summary, run_dir, model_store
+    )
+    print(f"exported {out}", flush=True)
+    summary["exported"] = str(out)
+    dump_json(summary, run_dir / "final.json")
+    return summary
+
+
+def export_shipped(
+    config: TrainConfig,
+    name: str,
+    description: str,
+    shipped: FoldOutcome,
+    images: CachedImages,
+    cv: dict[str, Any] | None,
+    summary: dict[str, Any],
+    run_dir: Path,
+    model_store: Path,
+) -> Path:
+    """Report, card and SavedModel of the shipped model as the next version in the store."""
     from training.report import write_model_report
 
     report = write_model_report(run_dir, name, summary, cv)
@@ -229,18 +250,10 @@ def train_and_export(
             files=files,
         )
 
-    out = export_version(
-        shipped.result.model,
-        model_store / name,
-        config.input_size,
-        config.crop_fraction,
-        make_card,
-        extras,
+    model = shipped.result.model
+    return export_version(
+        model, model_store / name, config.input_size, config.crop_fraction, make_card, extras
     )
-    print(f"exported {out}", flush=True)
-    summary["exported"] = str(out)
-    dump_json(summary, run_dir / "final.json")
-    return summary
 
 
 def load_run_data(

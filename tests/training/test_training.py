@@ -66,6 +66,34 @@ def stub_card(version: int, files: dict[str, str], threshold: float = 0.5) -> Mo
     )
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"architecture": "resnet"},
+        {"optimizer": "sgd"},
+        {"select_epoch": "best"},
+        {"ship": "ensemble"},
+        {"tta_views": 3},
+    ],
+)
+def test_config_choices_are_checked_when_built(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(change))):
+        dataclasses.replace(TINY_CONFIG, **change)  # type: ignore[arg-type]
+
+
+def test_committed_configs_read_back() -> None:
+    """Committed cards hold the flat layout (options beside the other fields); both layouts
+    give the same config, and a saved config round-trips."""
+    store = Path(__file__).resolve().parents[2] / "model_store"
+    flat = json.loads((store / "cnmc-improved-cnn" / "2" / "model_card.json").read_text())
+    config = TrainConfig.from_dict(flat["training"]["config"])
+    assert config.improved.widths == (16, 32, 64, 128) and config.ship == "cv_ensemble"
+    assert not config.improved.stain_normalization and config.tta_views == 4
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(TypeError):
+        TrainConfig.from_dict(flat["training"]["config"] | {"widthz": [8]})
+
+
 def test_parse_subject_ids() -> None:
     assert parse_subject_id("UID_11_1_1_all.bmp") == "UID_11"
     assert parse_subject_id("UID_H10_100_1_hem.png") == "UID_H10"
@@ -148,6 +176,11 @@ def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> 
     assert version_dir == store / "tiny-cnn" / "1"
     card = json.loads((version_dir / "model_card.json").read_text())
     assert card["labels"] == ["hem", "all"] and card["positive_label"] == "all"
+    typed = ModelCard.model_validate(card)  # the contract, and today's service, both read it
+    assert typed.input.model_input_size == (32, 32) and typed.input_checks.expected_size
+    from app.registry import ModelCard as ServiceCard
+
+    assert ServiceCard.model_validate(card).threshold == typed.threshold
     assert 0.0 <= card["threshold"] <= 1.0
     assert TrainConfig.from_dict(card["training"]["config"]) == TINY_CONFIG
     assert card["data"]["duplicates_dropped"] == 1
