@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "promote":
+        from contract.card import CARD_FILE, ModelCard
         from training.export import promote
 
-        card = json.loads((args.staged / "model_card.json").read_text())
-        print(promote(args.staged, args.model_store / card["name"]))
+        card = ModelCard.model_validate_json((args.staged / CARD_FILE).read_text())
+        print(promote(args.staged, args.model_store / card.name))
         return 0
     if args.command == "predict":
         from training.predict import classify_files
