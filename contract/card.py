@@ -1,9 +1,9 @@
 """The model card (``model_card.json`` in every version folder), as one typed model.
 
-``training.export.build_card`` writes it and everything else reads it through
-:class:`ModelCard`, so the keys and their meaning are declared once, here. Only pydantic and
-the standard library are imported: the service, the tests and the benchmark can read a card
-without loading TensorFlow.
+``training.export.build_card`` writes it; training, the tests and the benchmark read it
+through :class:`ModelCard`, so the keys and their meaning are declared once, here (the
+service's ``app.registry.ModelCard`` is still a looser reader of its own). Only pydantic and
+the standard library are imported, so a card can be read without loading TensorFlow.
 
 Every group forbids unknown keys. A card has one writer (``build_card``), so a key this
 model does not declare is a typo or a writer that drifted from the contract, and a version
