@@ -42,10 +42,12 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /srv
 COPY docker/entrypoint.py docker/healthcheck.py /srv/docker/
 COPY app /srv/app
+# the model card contract the service reads (contract/card.py; no TensorFlow)
+COPY contract /srv/contract
 # The default model store is baked in; mount another over /srv/model_store (read-only) to
 # serve other models without rebuilding.
 COPY model_store /srv/model_store
-RUN /opt/venv/bin/python -m compileall -q /srv/app /srv/docker
+RUN /opt/venv/bin/python -m compileall -q /srv/app /srv/contract /srv/docker
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
     PYTHONUNBUFFERED=1 \

@@ -16,6 +16,7 @@ Measures, on already-decoded images of the request's size:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from contract.card import CARD_FILE, ModelCard
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -205,33 +208,47 @@ def measure_tflite(model_dir: str, pixels: np.ndarray, seconds: float) -> dict[s
 CORE_BATCH_SIZES = (1, 4, 16, 64)
 
 
-def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The network alone (after crop/resize), TensorFlow vs TFLite, same architecture.
+def served_network(card: ModelCard) -> tuple[Any, str, dict[str, Any]]:
+    """The network the version serves (after crop and resize), rebuilt from its card with
+    untrained weights: speed does not depend on the weights' values, only on ops and shapes.
+
+    A ``ship=cv_ensemble`` version is the mean of its cross-validation fold models, so it is
+    rebuilt as that many members averaged. Returns the model, its label and its options.
+    """
+    from training import models
+    from training.train import TrainConfig
+
+    config = TrainConfig.from_dict(card.training.config)
+
+    def member() -> Any:
+        model = models.make_model(config.spec, config.improved)
+        if config.test_time_dihedral:
+            model = models.with_dihedral_average(model, config.tta_views)
+        return model
+
+    options: dict[str, Any] = {"test_time_dihedral": config.test_time_dihedral}
+    if config.architecture == "improved":
+        options = dataclasses.asdict(config.improved) | options
+    label = config.architecture
+    if config.ship == "cv_ensemble":
+        folds = (card.metrics.cross_validation or {}).get("folds", [])
+        n_members = len(folds) or 3  # three leave-one-normal-donor-out folds
+        options["cv_ensemble_members"] = n_members
+        label = f"{config.architecture}, cv_ensemble of {n_members} members"
+        return models.MeanEnsemble([member() for _ in range(n_members)]), label, options
+    return member(), label, options
+
+
+def measure_core_runtimes(card: ModelCard, seconds: float) -> dict[str, Any]:
+    """The network alone (after crop/resize), TensorFlow vs TFLite: what the store serves.
 
     Used when the whole signature cannot be converted (e.g. antialiased resize has no TFLite
-    kernel). Built from training.models with the card's architecture and untrained weights:
-    speed does not depend on the weights' values, only on the ops and shapes.
+    kernel). See :func:`served_network` for how the network is rebuilt.
     """
-    import inspect
-
     import tensorflow as tf
 
-    from training import models
-
-    config = card.get("training", {}).get("config", {})
-    spec = models.spec_for(
-        card["architecture"], config.get("input_size"), config.get("crop_fraction")
-    )
-    options = {}
-    if spec.architecture == "improved":  # the card's training config names the variant
-        accepted = inspect.signature(models.make_improved_model).parameters
-        options = {k: v for k, v in config.items() if k in accepted and k != "input_size"}
-        if "widths" in options:
-            options["widths"] = tuple(options["widths"])
-    model = models.make_model(spec, **options)
-    if config.get("test_time_dihedral"):
-        model = models.with_dihedral_average(model, config.get("tta_views", 8))
-    size = spec.input_size
+    model, label, options = served_network(card)
+    size = card.input.model_input_size[0]
     call = tf.function(
         lambda x: model(x, training=False),
         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
@@ -253,8 +270,8 @@ def measure_core_runtimes(card: dict[str, Any], seconds: float) -> dict[str, Any
         tf_by_batch[str(batch)] = _summary(_repeat_ms(run, seconds), batch)
     tflite_by_batch = _tflite_by_batch(flatbuffer, pixels, seconds, CORE_BATCH_SIZES)
     return {
-        "architecture": spec.architecture,
-        "options": {**options, "test_time_dihedral": bool(config.get("test_time_dihedral"))},
+        "architecture": label,
+        "options": options,
         "input_size": size,
         "tensorflow": {"by_batch": tf_by_batch, **_best(tf_by_batch)},
         "tflite": {"by_batch": tflite_by_batch, **_best(tflite_by_batch)},
@@ -308,10 +325,10 @@ def main(argv: list[str] | None = None) -> None:
             result["tflite"] = measure_tflite(args.model_dir, pixels, args.seconds)
         except Exception as exc:  # report, don't hide: the comparison is optional
             result["tflite"] = {"error": _first_line(exc)}
-        card_path = Path(args.model_dir) / "model_card.json"
+        card_path = Path(args.model_dir) / CARD_FILE
         if card_path.exists():
             try:
-                card = json.loads(card_path.read_text())
+                card = ModelCard.model_validate_json(card_path.read_text())
                 result["core_runtimes"] = measure_core_runtimes(card, args.seconds)
             except Exception as exc:
                 result["core_runtimes"] = {"error": _first_line(exc)}

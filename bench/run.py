@@ -25,6 +25,7 @@ from typing import Any
 from bench import report
 from bench.load import RequestBody, make_bodies, run_wrk, summarise
 from bench.servers import HOST, ServerProcess, free_port, running
+from contract.card import CARD_FILE, ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = REPO / "tests" / "data" / "cnmc_bmp" / "UID_51_101_1_all.bmp"
@@ -260,11 +261,10 @@ def run_ceiling(args: argparse.Namespace, model_dir: Path, out: Path) -> dict[st
     ]
     if not args.no_tflite:
         command.append("--tflite")
-    card_path = model_dir / "model_card.json"
+    card_path = model_dir / CARD_FILE
     if card_path.exists():  # measure the standalone resize at the size the model resizes to
-        size = json.loads(card_path.read_text()).get("input", {}).get("model_input_size")
-        if size:
-            command += ["--input-size", *(str(side) for side in size)]
+        size = ModelCard.model_validate_json(card_path.read_text()).input.model_input_size
+        command += ["--input-size", *(str(side) for side in size)]
     attempts: list[dict[str, Any]] = []
     for _ in range(1 + args.retries):
         print("ceiling: in-process measurements ...", flush=True)

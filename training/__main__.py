@@ -6,8 +6,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
+from training.models import ImprovedOptions
 from training.train import TrainConfig, paper_config
 
 
@@ -15,15 +18,47 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         return TrainConfig.from_dict(json.loads(Path(args.config).read_text())["config"])
     base = paper_config() if args.arch == "paper" else TrainConfig()
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if getattr(args, f.name, None) is not None
-    }
-    return dataclasses.replace(base, **overrides)
+
+    def given(cls: type) -> dict[str, Any]:
+        return {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None
+        }
+
+    improved = dataclasses.replace(base.improved, **given(ImprovedOptions))
+    return dataclasses.replace(base, **given(TrainConfig), improved=improved)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_bool(value: str) -> bool:
+    return value.lower() in {"1", "true", "yes"}
+
+
+def _parse_ints(value: str) -> tuple[int, ...]:
+    return tuple(int(w) for w in value.split(","))
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per config field (nested option groups flattened), typed from the
+    dataclasses' annotations; ``Literal`` fields list their choices."""
+    for cls in (TrainConfig, ImprovedOptions):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if f.name == "architecture" or dataclasses.is_dataclass(kind):
+                continue
+            flag = f"--{f.name.replace('_', '-')}"
+            if typing.get_origin(kind) is typing.Literal:
+                parser.add_argument(flag, dest=f.name, default=None, choices=typing.get_args(kind))
+            elif kind is bool:
+                parser.add_argument(flag, dest=f.name, default=None, type=_parse_bool)
+            elif typing.get_origin(kind) is tuple:
+                parser.add_argument(flag, dest=f.name, default=None, type=_parse_ints)
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, type=kind)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="cross-validate by subject, train the shipped model, export")
@@ -53,23 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="reuse cv.json of an earlier run with the identical config and data",
     )
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "architecture":
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        kind = str(f.type)
-        if kind == "bool":
-            run.add_argument(
-                flag, dest=f.name, default=None, type=lambda v: v.lower() in {"1", "true", "yes"}
-            )
-        elif kind.startswith("tuple"):
-            run.add_argument(
-                flag, dest=f.name, default=None, type=lambda v: tuple(int(w) for w in v.split(","))
-            )
-        else:
-            run.add_argument(
-                flag, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None
-            )
+    add_config_flags(run)
     cmp = sub.add_parser("compare", help="write the paper-vs-improved comparison report")
     cmp.add_argument("--paper-run", type=Path, required=True)
     cmp.add_argument("--improved-run", type=Path, required=True)
@@ -106,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.command == "run":
         from training.pipeline import train_and_export
@@ -131,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command == "promote":
+        from contract.card import CARD_FILE, ModelCard
         from training.export import promote
 
-        card = json.loads((args.staged / "model_card.json").read_text())
-        print(promote(args.staged, args.model_store / card["name"]))
+        card = ModelCard.model_validate_json((args.staged / CARD_FILE).read_text())
+        print(promote(args.staged, args.model_store / card.name))
         return 0
     if args.command == "predict":
         from training.predict import classify_files

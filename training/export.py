@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import secrets
@@ -11,11 +10,21 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import keras
 import tensorflow as tf
 
+from contract.card import (
+    CARD_FILE,
+    CardData,
+    CardFramework,
+    CardInput,
+    CardMetrics,
+    CardOutput,
+    CardTraining,
+    InputChecks,
+    ModelCard,
+)
 from training.data import LABELS, POSITIVE_LABEL
 from training.preprocess import resize_for_model
 
@@ -23,6 +32,7 @@ CITATION = (
     "Gupta, A., & Gupta, R. (2019). ALL Challenge dataset of ISBI 2019 [Data set]. "
     "The Cancer Imaging Archive. https://doi.org/10.7937/tcia.2019.dc64i46r (CC BY 3.0)"
 )
+DATASET = "C-NMC 2019 (subset in shared/data/cnmc)"
 INTENDED_USE = (
     "Research and decision-support demonstration on C-NMC-style segmented single "
     "white-cell images. Not a diagnostic device; not validated for clinical use."
@@ -70,6 +80,7 @@ def sha256_files(folder: Path) -> dict[str, str]:
 
 
 def build_card(
+    *,
     name: str,
     version: int,
     architecture: str,
@@ -77,60 +88,56 @@ def build_card(
     threshold: float,
     input_size: int,
     crop_fraction: float,
-    metrics: dict[str, Any],
-    data: dict[str, Any],
-    training: dict[str, Any],
+    metrics: CardMetrics,
+    data: CardData,
+    training: CardTraining,
     files: dict[str, str],
-) -> dict[str, Any]:
+    input_checks: InputChecks | None = None,
+    intended_use: str = INTENDED_USE,
+    resize: str = "bilinear (antialiased), rounded to uint8, inside the model",
+    created_at: str | None = None,
+) -> ModelCard:
+    """The card of one exported version (``contract.card.ModelCard``).
+
+    ``input_checks`` defaults to the out-of-distribution rule calibrated on the C-NMC training
+    images (see ``contract.card.InputChecks``); ``created_at`` to now.
+    """
     crop = (
         "none"
         if crop_fraction >= 1.0
         else f"central square of {crop_fraction:g} x min(height, width), inside the model"
     )
-    return {
-        "schema_version": 1,
-        "name": name,
-        "version": version,
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "architecture": architecture,
-        "description": description,
-        "intended_use": INTENDED_USE,
-        "labels": list(LABELS),
-        "label_descriptions": {
+    return ModelCard(
+        name=name,
+        version=version,
+        created_at=created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        architecture=architecture,
+        description=description,
+        intended_use=intended_use,
+        labels=list(LABELS),
+        label_descriptions={
             "all": "ALL lymphoblast (leukaemic)",
             "hem": "normal (healthy) B-lymphoid cell",
         },
-        "positive_label": POSITIVE_LABEL,
-        "threshold": threshold,
-        "input": {
-            "signature": "serving_default",
-            "input_name": "images",
-            "dtype": "uint8",
-            "shape": [None, None, None, 3],
-            "color": "RGB",
-            "model_input_size": [input_size, input_size],
-            "crop": crop,
-            "resize": "bilinear (antialiased), rounded to uint8, inside the model",
-            "scaling": "x/255, inside the model",
-            "expected_image": (
-                "C-NMC-style segmented single white cell on black background, 450x450"
-            ),
-        },
-        "output": {"output_name": "probabilities", "dtype": "float32", "shape": [None, 2]},
-        "metrics": metrics,
-        "data": {
-            "dataset": "C-NMC 2019 (subset in shared/data/cnmc)",
-            "citation": CITATION,
-            **data,
-        },
-        "training": training,
-        "framework": {
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "python": platform.python_version(),
-        },
-        "files": files,
-    }
+        positive_label=POSITIVE_LABEL,
+        threshold=threshold,
+        input=CardInput(
+            model_input_size=(input_size, input_size),
+            crop=crop,
+            resize=resize,
+            scaling="x/255, inside the model",
+            expected_image="C-NMC-style segmented single white cell on black background, 450x450",
+        ),
+        input_checks=input_checks or InputChecks(),
+        output=CardOutput(),
+        metrics=metrics,
+        data=data,
+        training=training,
+        framework=CardFramework(
+            tensorflow=tf.__version__, keras=keras.__version__, python=platform.python_version()
+        ),
+        files=files,
+    )
 
 
 def export_version(
@@ -138,7 +145,7 @@ def export_version(
     model_dir: Path | str,
     input_size: int,
     crop_fraction: float,
-    make_card: Callable[[int, dict[str, str]], dict[str, Any]],
+    make_card: Callable[[int, dict[str, str]], ModelCard],
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``model_dir/<next integer>/`` via a temporary folder and ``os.rename``.
@@ -157,9 +164,8 @@ def export_version(
             shutil.copyfile(src, tmp / name)
         while True:
             version = next_version(model_dir)
-            card = make_card(version, files)
-            card["version"] = version
-            (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+            card = make_card(version, files).model_copy(update={"version": version})
+            (tmp / CARD_FILE).write_text(card.to_json())
             try:
                 os.rename(tmp, model_dir / str(version))  # fails if a writer took this number
                 return model_dir / str(version)
@@ -177,17 +183,16 @@ def promote(staged: Path | str, model_dir: Path | str) -> Path:
     The files are verified against the card's hashes first, so nothing corrupted is promoted.
     """
     staged, model_dir = Path(staged), Path(model_dir)
-    card = json.loads((staged / "model_card.json").read_text())
-    actual = {k: v for k, v in sha256_files(staged).items() if k in card["files"]}
-    if actual != card["files"]:
+    card = ModelCard.model_validate_json((staged / CARD_FILE).read_text())
+    actual = {k: v for k, v in sha256_files(staged).items() if k in card.files}
+    if actual != card.files:
         raise ValueError(f"{staged}: files do not match the card's sha256 list")
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{secrets.token_hex(4)}"
     try:
         shutil.copytree(staged, tmp)
         version = next_version(model_dir)
-        card["version"] = version
-        (tmp / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(card.model_copy(update={"version": version}).to_json())
         os.rename(tmp, model_dir / str(version))
         return model_dir / str(version)
     finally:

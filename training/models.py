@@ -7,20 +7,50 @@ the model; resizing happens in the exported signature via :mod:`training.preproc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import keras
 import tensorflow as tf
 from keras import layers
+
+Architecture = Literal["paper", "improved"]
+
+
+def check_choice(name: str, value: object, choices: Any) -> None:
+    """Raise ValueError unless ``value`` is one of the ``Literal`` type ``choices``."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Architecture and its fixed input geometry."""
 
-    architecture: str  # "paper" or "improved"
+    architecture: Architecture
     input_size: int
     crop_fraction: float
+
+    def __post_init__(self) -> None:
+        check_choice("architecture", self.architecture, Architecture)
+
+
+@dataclass(frozen=True)
+class ImprovedOptions:
+    """The variant of :func:`make_improved_model` (ignored by the paper architecture)."""
+
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    dropout: float = 0.3
+    stain_normalization: bool = True
+    shape_features: bool = False
+    grayscale: bool = False
+    silhouette: bool = False
+    area_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.widths:
+            raise ValueError("widths needs at least one conv block")
 
 
 def spec_for(
@@ -100,14 +130,7 @@ class CellShapeFeatures(layers.Layer):  # type: ignore[misc]
 
 
 def make_improved_model(
-    input_size: int = 128,
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256),
-    dropout: float = 0.3,
-    stain_normalization: bool = True,
-    shape_features: bool = False,
-    grayscale: bool = False,
-    silhouette: bool = False,
-    area_only: bool = False,
+    input_size: int = 128, options: ImprovedOptions | None = None
 ) -> keras.Model:
     """Compact BN CNN on stain-normalised pixels with global average pooling.
 
@@ -115,35 +138,36 @@ def make_improved_model(
     default widths; the paper model is ~120 M at 256 px). Optional whole-cell shape/colour
     descriptors join the pooled features before the classifier.
     """
+    o = options or ImprovedOptions()
     inputs = keras.Input((input_size, input_size, 3), name="pixels")
     scaled = layers.Rescaling(1.0 / 255.0)(inputs)
     x = scaled
-    if silhouette:  # the cell's outline only: shape and size, no stain or texture
+    if o.silhouette:  # the cell's outline only: shape and size, no stain or texture
         x = layers.Lambda(
             lambda t: tf.cast(tf.reduce_max(t, axis=-1, keepdims=True) > 10.0 / 255.0, t.dtype),
             name="silhouette",
         )(x)
-    if grayscale:  # colour carries donor-specific staining more than morphology
+    if o.grayscale:  # colour carries donor-specific staining more than morphology
         x = layers.Lambda(lambda t: tf.reduce_mean(t, axis=-1, keepdims=True), name="gray")(x)
-    x = ForegroundStandardization()(x) if stain_normalization else x
-    for filters in widths:
+    x = ForegroundStandardization()(x) if o.stain_normalization else x
+    for filters in o.widths:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
-    if shape_features:
-        features = layers.BatchNormalization()(CellShapeFeatures(area_only=area_only)(scaled))
+    if o.shape_features:
+        features = layers.BatchNormalization()(CellShapeFeatures(area_only=o.area_only)(scaled))
         x = layers.Concatenate()([x, features])
-    x = layers.Dropout(dropout)(x)
+    x = layers.Dropout(o.dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_all")(x)
     return keras.Model(inputs, outputs, name="improved_cnn")
 
 
-def make_model(spec: ModelSpec, **improved_options: Any) -> keras.Model:
+def make_model(spec: ModelSpec, options: ImprovedOptions | None = None) -> keras.Model:
     if spec.architecture == "paper":
         return make_paper_model(spec.input_size)
-    return make_improved_model(spec.input_size, **improved_options)
+    return make_improved_model(spec.input_size, options)
 
 
 def dihedral_views(x: tf.Tensor, views: int = 8) -> tf.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.card import CardData, CardMetrics, CardTraining, ModelCard
 from training.data import LABELS, CachedImages, load_images
 from training.evaluate import (
     choose_threshold,
@@ -20,10 +21,17 @@ from training.evaluate import (
     plot_curves,
     plot_roc,
 )
-from training.export import build_card, export_version
+from training.export import CITATION, DATASET, build_card, export_version
 from training.models import MeanEnsemble, with_dihedral_average
 from training.splits import Split, cv_splits, final_split, subject_table
-from training.train import TrainConfig, TrainResult, dump_json, predict_p_all, train_model
+from training.train import (
+    ShipMode,
+    TrainConfig,
+    TrainResult,
+    dump_json,
+    predict_p_all,
+    train_model,
+)
 
 
 @dataclass
@@ -177,12 +185,81 @@ def train_and_export(
     description: str = "",
     cv_from: Path | None = None,
 ) -> dict[str, Any]:
+    """Load -> cross-validate -> shipped model -> plots and summary -> card -> export."""
+    if config.ship == "cv_ensemble" and (cv_from is not None or not do_cv):
+        raise ValueError("ship=cv_ensemble ships the CV fold models: it needs a fresh CV run")
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_json(
         {"config": config.to_dict(), "data_root": str(data_root), "name": name, "cv": do_cv},
         run_dir / "config.json",
     )
     t0 = time.monotonic()
+    images, data_info = load_run_data(config, data_root, cache_dir, run_dir)
+    cv: dict[str, Any] | None = None
+    fold_outcomes: list[FoldOutcome] = []
+    if cv_from is not None:
+        cv = reuse_cross_validation(config, images, cv_from, run_dir)
+    elif do_cv:
+        cv = cross_validate(config, images, run_dir, fold_outcomes)
+    shipped = shipped_model(config, images, fold_outcomes)
+    plot_shipped(shipped, config.ship, name, run_dir)
+    summary = run_summary(config, name, images, shipped, data_info, time.monotonic() - t0)
+    dump_json(summary, run_dir / "final.json")
+    if model_store is None:
+        return summary
+
+    out = export_shipped(
+        config, name, description, shipped, images, cv, summary, run_dir, model_store
+    )
+    print(f"exported {out}", flush=True)
+    summary["exported"] = str(out)
+    dump_json(summary, run_dir / "final.json")
+    return summary
+
+
+def export_shipped(
+    config: TrainConfig,
+    name: str,
+    description: str,
+    shipped: FoldOutcome,
+    images: CachedImages,
+    cv: dict[str, Any] | None,
+    summary: dict[str, Any],
+    run_dir: Path,
+    model_store: Path,
+) -> Path:
+    """Report, card and SavedModel of the shipped model as the next version in the store."""
+    from training.report import write_model_report
+
+    report = write_model_report(run_dir, name, summary, cv)
+    extras = {p.name: p for p in [report, *sorted(run_dir.glob("*.png"))]}
+    metrics, data, training = card_groups(config, images, shipped, cv)
+
+    def make_card(version: int, files: dict[str, str]) -> ModelCard:
+        return build_card(
+            name=name,
+            version=version,
+            architecture=config.architecture,
+            description=description,
+            threshold=shipped.threshold,
+            input_size=config.input_size,
+            crop_fraction=config.crop_fraction,
+            metrics=metrics,
+            data=data,
+            training=training,
+            files=files,
+        )
+
+    model = shipped.result.model
+    return export_version(
+        model, model_store / name, config.input_size, config.crop_fraction, make_card, extras
+    )
+
+
+def load_run_data(
+    config: TrainConfig, data_root: Path, cache_dir: Path | None, run_dir: Path
+) -> tuple[CachedImages, dict[str, Any]]:
+    """The cached images at the config's geometry, and what was kept or dropped (data.json)."""
     images = load_images(data_root, config.input_size, config.crop_fraction, cache_dir)
     data_info = {
         "n_images_kept": len(images.labels),
@@ -198,158 +275,130 @@ def train_and_export(
     for p in images.problems:
         print(f"  problem: {p.path}: {p.reason}", flush=True)
     dump_json(data_info, run_dir / "data.json")
-    cv: dict[str, Any] | None = None
-    fold_outcomes: list[FoldOutcome] = []
-    if config.ship not in ("single", "cv_ensemble"):
-        raise ValueError(f"unknown ship mode {config.ship!r}")
-    if config.ship == "cv_ensemble" and (cv_from is not None or not do_cv):
-        raise ValueError("ship=cv_ensemble ships the CV fold models: it needs a fresh CV run")
-    if cv_from is not None:
-        cv = reuse_cross_validation(config, images, cv_from, run_dir)
-    elif do_cv:
-        cv = cross_validate(config, images, run_dir, fold_outcomes)
+    return images, data_info
 
+
+def shipped_model(
+    config: TrainConfig, images: CachedImages, fold_outcomes: list[FoldOutcome]
+) -> FoldOutcome:
+    """The model the run ships: the CV fold models averaged, or one fit on the final split."""
     table = subject_table(images.subjects, images.labels)
-    if config.ship == "cv_ensemble":
-        split = Split("cv_ensemble", tuple(sorted(table)), ())
-        final = ensemble_outcome(fold_outcomes, split)
-        check = final.validation["threshold_transfer"]
-        print(
-            f"[cv_ensemble] threshold {final.threshold:.3f} (pooled out-of-fold); transfer "
-            f"check: balanced acc {check['mean']['balanced_accuracy']:.3f} with thresholds "
-            f"from the other folds"
-            + ("" if check["consistent"] else " -- members' scales DISAGREE, do not ship"),
-            flush=True,
-        )
-    else:
+    if config.ship == "single":
         split = final_split(table, config.validation_fraction, config.validation_max_share)
-        final = run_split(config, images, split)
+        return run_split(config, images, split)
+    shipped = ensemble_outcome(fold_outcomes, Split("cv_ensemble", tuple(sorted(table)), ()))
+    check = shipped.validation["threshold_transfer"]
+    print(
+        f"[cv_ensemble] threshold {shipped.threshold:.3f} (pooled out-of-fold); transfer "
+        f"check: balanced acc {check['mean']['balanced_accuracy']:.3f} with thresholds "
+        f"from the other folds"
+        + ("" if check["consistent"] else " -- members' scales DISAGREE, do not ship"),
+        flush=True,
+    )
+    return shipped
+
+
+def plot_shipped(shipped: FoldOutcome, ship: ShipMode, name: str, run_dir: Path) -> None:
     plot_curves(
-        final.result.history,
+        shipped.result.history,
         run_dir / "curves.png",
         f"{name}: shipped model (validation = held-out subjects)",
     )
-    val_what = "out-of-fold" if config.ship == "cv_ensemble" else "validation subjects"
+    val_what = "out-of-fold" if ship == "cv_ensemble" else "validation subjects"
     plot_roc(
-        {val_what: (final.y_val, final.p_val)},
+        {val_what: (shipped.y_val, shipped.p_val)},
         run_dir / "roc_validation.png",
         f"{name}: {val_what}",
     )
     plot_confusion(
-        final.validation,
+        shipped.validation,
         run_dir / "confusion_validation.png",
-        f"{name}: {val_what} @ {final.threshold:.3f}",
+        f"{name}: {val_what} @ {shipped.threshold:.3f}",
     )
-    summary: dict[str, Any] = {
+
+
+def run_summary(
+    config: TrainConfig,
+    name: str,
+    images: CachedImages,
+    shipped: FoldOutcome,
+    data_info: dict[str, Any],
+    seconds_total: float,
+) -> dict[str, Any]:
+    """The run's ``final.json``: the shipped model's threshold, validation and timings."""
+    return {
         "name": name,
         "ship": config.ship,
         "config": config.to_dict(),
-        "threshold": final.threshold,
-        "validation": final.validation,
-        "selected_epoch": final.result.selected_epoch,
-        "epochs_run": final.result.epochs_run,
-        "seconds_final": final.result.seconds,
-        "seconds_per_epoch": final.result.seconds_per_epoch,
-        "images_per_second": final.result.images_per_second,
-        "seconds_total": time.monotonic() - t0,
+        "threshold": shipped.threshold,
+        "validation": shipped.validation,
+        "selected_epoch": shipped.result.selected_epoch,
+        "epochs_run": shipped.result.epochs_run,
+        "seconds_final": shipped.result.seconds,
+        "seconds_per_epoch": shipped.result.seconds_per_epoch,
+        "images_per_second": shipped.result.images_per_second,
+        "seconds_total": seconds_total,
         "manifest_sha256": images.manifest_sha256,
-        "splits": split_counts(images, split),
-        "history": final.result.history,
+        "splits": split_counts(images, shipped.split),
+        "history": shipped.result.history,
         "data": data_info,
     }
-    dump_json(summary, run_dir / "final.json")
-    if model_store is None:
-        return summary
 
-    test_metrics: dict[str, Any]
+
+TEST_METRICS_WHAT = (
+    "NOT this model's own test set: held-out-subject metrics of the same recipe "
+    "under leave-one-normal-donor-out cross-validation (3 fold models, each "
+    "scored on subjects it never saw, threshold from its own validation "
+    "subjects), pooled over folds"
+)
+OUT_OF_FOLD_WHAT = (
+    "out-of-fold predictions: every image scored by the one fold model that never "
+    "trained on its subject; the ensemble's threshold was chosen on them, so these "
+    "numbers are optimistic for the threshold (use metrics.cross_validation)"
+)
+
+
+def card_groups(
+    config: TrainConfig, images: CachedImages, shipped: FoldOutcome, cv: dict[str, Any] | None
+) -> tuple[CardMetrics, CardData, CardTraining]:
+    """The run-specific parts of the model card: metrics, data and training."""
+    split = shipped.split
+    test: dict[str, Any] = {"what": "no cross-validation run; no held-out test metrics"}
+    cross_validation = None
     if cv is not None:
-        test_metrics = {
-            "what": (
-                "NOT this model's own test set: held-out-subject metrics of the same recipe "
-                "under leave-one-normal-donor-out cross-validation (3 fold models, each "
-                "scored on subjects it never saw, threshold from its own validation "
-                "subjects), pooled over folds"
-            ),
-            "subjects": sorted({s for f in cv["folds"] for s in f["splits"]["test"]["subjects"]}),
-            **cv["pooled_held_out"],
+        test_subjects = sorted({s for f in cv["folds"] for s in f["splits"]["test"]["subjects"]})
+        test = {"what": TEST_METRICS_WHAT, "subjects": test_subjects, **cv["pooled_held_out"]}
+        cross_validation = {k: cv[k] for k in ("scheme", "mean", "std")} | {
+            "folds": [
+                {k: f[k] for k in ("fold", "threshold", "test", "selected_epoch")}
+                | {"test_subjects": f["splits"]["test"]["subjects"]}
+                for f in cv["folds"]
+            ]
         }
-    else:
-        test_metrics = {"what": "no cross-validation run; no held-out test metrics"}
-    validation_card: dict[str, Any] = {"subjects": list(split.validation), **final.validation}
+    validation: dict[str, Any] = {"subjects": list(split.validation), **shipped.validation}
     if config.ship == "cv_ensemble":
-        validation_card = {
-            "what": (
-                "out-of-fold predictions: every image scored by the one fold model that never "
-                "trained on its subject; the ensemble's threshold was chosen on them, so these "
-                "numbers are optimistic for the threshold (use metrics.cross_validation)"
-            ),
-            "subjects": list(split.train),
-            **final.validation,
-        }
-    metrics = {
-        "validation": validation_card,
-        "test": test_metrics,
-        "cross_validation": (
-            {k: cv[k] for k in ("scheme", "mean", "std")}
-            | {
-                "folds": [
-                    {k: f[k] for k in ("fold", "threshold", "test", "selected_epoch")}
-                    | {"test_subjects": f["splits"]["test"]["subjects"]}
-                    for f in cv["folds"]
-                ]
-            }
-        )
-        if cv
-        else None,
-    }
-    training_info = {
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "epochs_run": final.result.epochs_run,
-        "selected_epoch": final.result.selected_epoch,
-        "seconds": round(final.result.seconds, 1),
-        "seconds_per_epoch": round(final.result.seconds_per_epoch, 2),
-        "images_per_second": round(final.result.images_per_second, 1),
-        "command": "see training/README.md",
-    }
-    data_card = {
-        "manifest_sha256": images.manifest_sha256,
-        "duplicates_dropped": len(images.duplicates),
-        "splits": split_counts(images, split) | {"test": "see metrics.test"},
-    }
-
-    from training.report import write_model_report
-
-    report = write_model_report(run_dir, name, summary, cv)
-    extras = {p.name: p for p in [report, *sorted(run_dir.glob("*.png"))]}
-
-    def make_card(version: int, files: dict[str, str]) -> dict[str, Any]:
-        return build_card(
-            name,
-            version,
-            config.architecture,
-            description,
-            final.threshold,
-            config.input_size,
-            config.crop_fraction,
-            metrics,
-            data_card,
-            training_info,
-            files,
-        )
-
-    out = export_version(
-        final.result.model,
-        model_store / name,
-        config.input_size,
-        config.crop_fraction,
-        make_card,
-        extras,
+        validation = {"what": OUT_OF_FOLD_WHAT, "subjects": list(split.train), **shipped.validation}
+    result = shipped.result
+    return (
+        CardMetrics(validation=validation, test=test, cross_validation=cross_validation),
+        CardData(
+            dataset=DATASET,
+            citation=CITATION,
+            manifest_sha256=images.manifest_sha256,
+            duplicates_dropped=len(images.duplicates),
+            splits=split_counts(images, split) | {"test": "see metrics.test"},
+        ),
+        CardTraining(
+            config=config.to_dict(),
+            seed=config.seed,
+            epochs_run=result.epochs_run,
+            selected_epoch=result.selected_epoch,
+            seconds=round(result.seconds, 1),
+            seconds_per_epoch=round(result.seconds_per_epoch, 2),
+            images_per_second=round(result.images_per_second, 1),
+            command="see training/README.md",
+        ),
     )
-    print(f"exported {out}", flush=True)
-    summary["exported"] = str(out)
-    dump_json(summary, run_dir / "final.json")
-    return summary
 
 
 def ensemble_outcome(outcomes: list[FoldOutcome], split: Split) -> FoldOutcome:
@@ -380,7 +429,6 @@ def ensemble_outcome(outcomes: list[FoldOutcome], split: Split) -> FoldOutcome:
         seconds,
         float(np.mean([o.result.images_per_second for o in outcomes])),
         per_epoch,
-        {"members": [o.split.name for o in outcomes]},
     )
     validation = classification_metrics(y, p, threshold)
     validation["threshold_transfer"] = threshold_transfer(outcomes)

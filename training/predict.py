@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from contract.card import CARD_FILE, ModelCard
 from training.data import decode_rgb
 
 
@@ -24,15 +24,16 @@ def predict_files(version_dir: Path | str, files: Sequence[Path | str]) -> np.nd
 
 def classify_files(version_dir: Path | str, files: Sequence[Path | str]) -> list[dict[str, object]]:
     """Label, P(all) and threshold per file, using the card's threshold."""
-    card = json.loads((Path(version_dir) / "model_card.json").read_text())
+    card = ModelCard.model_validate_json((Path(version_dir) / CARD_FILE).read_text())
     probabilities = predict_files(version_dir, files)
-    positive = card["labels"].index(card["positive_label"])
+    positive = card.positive_index
+    negative = next(label for label in card.labels if label != card.positive_label)
     return [
         {
             "file": str(f),
-            "label": card["positive_label"] if p[positive] >= card["threshold"] else "hem",
+            "label": card.positive_label if p[positive] >= card.threshold else negative,
             "p_all": float(p[positive]),
-            "threshold": card["threshold"],
+            "threshold": card.threshold,
         }
         for f, p in zip(files, probabilities, strict=True)
     ]

@@ -156,13 +156,6 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return final, (json.loads(cv_path.read_text()) if cv_path.exists() else None)
 
 
-PUBLISHED = {
-    "accuracy": 0.88,
-    "precision (their positive = hem)": 0.9033,
-    "recall (their positive = hem)": 0.6739,
-}
-
-
 def _threshold_source(summary: dict[str, Any]) -> str:
     if summary.get("ship") == "cv_ensemble":
         return "mean of the CV fold models; chosen on their pooled out-of-fold scores"

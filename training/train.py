@@ -8,50 +8,70 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from training.data import CachedImages
-from training.models import ModelSpec, make_model, spec_for
+from training.models import (
+    Architecture,
+    ImprovedOptions,
+    ModelSpec,
+    check_choice,
+    make_model,
+    spec_for,
+)
+
+OptimizerName = Literal["adam", "adamw"]  # "adam": the paper's
+# "best_val_auc": keep the weights of the epoch with the best validation AUC; "last": the
+# final epoch's (the paper trains a fixed 20 epochs)
+EpochSelection = Literal["best_val_auc", "last"]
+# "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
+# cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
+ShipMode = Literal["single", "cv_ensemble"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a run; saved with it, and enough to reproduce it."""
+    """Everything that determines a run; saved with it, and enough to reproduce it.
 
-    architecture: str = "improved"
+    Choices are checked when the config is built, so a typo fails before any data is read.
+    """
+
+    architecture: Architecture = "improved"
     input_size: int = 128
     crop_fraction: float = 0.75
     epochs: int = 30
     batch_size: int = 32
-    optimizer: str = "adamw"  # "adam" (paper) or "adamw"
+    optimizer: OptimizerName = "adamw"
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     cosine_decay: bool = True
     label_smoothing: float = 0.05
     class_weights: bool = True
     augment: bool = True
-    select_epoch: str = "best_val_auc"  # or "last" (the paper trains a fixed 20 epochs)
+    select_epoch: EpochSelection = "best_val_auc"
     seed: int = 0
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
-    dropout: float = 0.3
-    stain_normalization: bool = True
-    shape_features: bool = False
-    grayscale: bool = False
+    improved: ImprovedOptions = field(default_factory=ImprovedOptions)
     blur_noise: bool = False
     colour_jitter: float = 1.0  # scales the colour-gain ranges; >1 adds saturation jitter
     test_time_dihedral: bool = False
     tta_views: int = 8  # with test_time_dihedral: 4 = quarter turns, 8 = turns and mirrors
-    # "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
-    # cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
-    ship: str = "single"
-    silhouette: bool = False
-    area_only: bool = False
+    ship: ShipMode = "single"
     validation_fraction: float = 0.15
     validation_max_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        check_choice("architecture", self.architecture, Architecture)
+        check_choice("optimizer", self.optimizer, OptimizerName)
+        check_choice("select_epoch", self.select_epoch, EpochSelection)
+        check_choice("ship", self.ship, ShipMode)
+        if self.tta_views not in (1, 4, 8):
+            raise ValueError(f"tta_views must be 1, 4 or 8, not {self.tta_views}")
+        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 1:
+            raise ValueError("epochs, batch_size and input_size must be positive")
 
     @property
     def spec(self) -> ModelSpec:
@@ -60,23 +80,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def improved_options(self) -> dict[str, Any]:
-        return {
-            "widths": tuple(self.widths),
-            "dropout": self.dropout,
-            "stain_normalization": self.stain_normalization,
-            "shape_features": self.shape_features,
-            "grayscale": self.grayscale,
-            "silhouette": self.silhouette,
-            "area_only": self.area_only,
-        }
-
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainConfig:
+        """Read a saved config: nested (``improved: {...}``) or the flat layout of the
+        committed cards, where the improved model's options sit beside the others."""
         d = dict(d)
-        if "widths" in d:
-            d["widths"] = tuple(d["widths"])
-        return TrainConfig(**d)
+        option_names = {f.name for f in dataclasses.fields(ImprovedOptions)}
+        improved = dict(d.pop("improved", {}))
+        improved |= {k: d.pop(k) for k in option_names & set(d)}
+        return TrainConfig(**d, improved=ImprovedOptions(**improved))
 
 
 def paper_config(**overrides: Any) -> TrainConfig:
@@ -109,7 +121,6 @@ class TrainResult:
     seconds: float
     images_per_second: float
     seconds_per_epoch: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def set_seed(seed: int) -> None:
@@ -241,7 +252,7 @@ def train_model(
     config: TrainConfig, train: CachedImages, validation: CachedImages, label: str = "train"
 ) -> TrainResult:
     set_seed(config.seed)
-    model = make_model(config.spec, **config.improved_options())
+    model = make_model(config.spec, config.improved)
     steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
     lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.cosine_decay:
@@ -296,7 +307,6 @@ def train_model(
         seconds,
         len(train.labels) / per_epoch,
         per_epoch,
-        {"epoch_seconds": progress.epoch_seconds, "class_weights": class_weights},
     )
 
 

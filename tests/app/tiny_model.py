@@ -10,7 +10,6 @@ uint8 ``images`` [N, H, W, 3] of any size -> resize + scale inside -> ``probabil
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-LABELS = ["hem", "all"]
+from contract.card import CARD_FILE, CardData, CardMetrics, CardTraining, ModelCard
+from training.export import build_card
+
 INPUT_SIZE = (32, 32)
 
 
@@ -63,47 +64,39 @@ def file_hashes(version_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def make_card(name: str, version: int, files: dict[str, str], threshold: float) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "name": name,
-        "version": version,
-        "created_at": "2026-11-25T18:00:00Z",
-        "architecture": "tiny-test",
-        "description": "Tiny randomly initialised test model. Not trained; for tests only.",
-        "intended_use": "Tests of the serving stack only. Not a diagnostic device.",
-        "labels": LABELS,
-        "label_descriptions": {
-            "all": "ALL lymphoblast (leukaemic)",
-            "hem": "normal (healthy) B-lymphoid cell",
-        },
-        "positive_label": "all",
-        "threshold": threshold,
-        "input": {
-            "signature": "serving_default",
-            "input_name": "images",
-            "dtype": "uint8",
-            "shape": [None, None, None, 3],
-            "color": "RGB",
-            "model_input_size": list(INPUT_SIZE),
-            "resize": "bilinear, inside the model",
-            "scaling": "x/255, inside the model",
-            "expected_image": "C-NMC-style segmented white cell on black background, 450x450",
-        },
-        "output": {"output_name": "probabilities", "dtype": "float32", "shape": [None, 2]},
-        "metrics": {
-            "test": {"subjects": ["none"], "n_images": 0, "balanced_accuracy": 0.5},
-        },
-        "data": {
-            "dataset": "none (untrained test model)",
-            "citation": "n/a",
-            "manifest_sha256": "0" * 64,
-            "splits": {},
-        },
-        "training": {"config": {}, "seed": 0, "epochs_run": 0, "seconds": 0.0},
-        "framework": {"tensorflow": tf.__version__, "keras": "3", "python": "3.11"},
-        "files": files,
-    }
+def make_card(name: str, version: int, files: dict[str, str], threshold: float) -> ModelCard:
+    """The card training writes (``training.export.build_card``), filled for an untrained model."""
+    return build_card(
+        name=name,
+        version=version,
+        architecture="tiny-test",
+        description="Tiny randomly initialised test model. Not trained; for tests only.",
+        threshold=threshold,
+        input_size=INPUT_SIZE[0],
+        crop_fraction=1.0,
+        metrics=CardMetrics(test={"subjects": ["none"], "n_images": 0, "balanced_accuracy": 0.5}),
+        data=CardData(
+            dataset="none (untrained test model)",
+            citation="n/a",
+            manifest_sha256="0" * 64,
+            duplicates_dropped=0,
+            splits={},
+        ),
+        training=CardTraining(
+            config={},
+            seed=0,
+            epochs_run=0,
+            selected_epoch=0,
+            seconds=0.0,
+            seconds_per_epoch=0.0,
+            images_per_second=0.0,
+            command="tests/app/tiny_model.py",
+        ),
+        files=files,
+        intended_use="Tests of the serving stack only. Not a diagnostic device.",
+        resize="bilinear, inside the model",
+        created_at="2026-11-25T18:00:00Z",
+    )
 
 
 def export_tiny_model(
@@ -117,7 +110,7 @@ def export_tiny_model(
     tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
     files = file_hashes(tmp)
     card = make_card(name, version, files, threshold)
-    (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
+    (tmp / CARD_FILE).write_text(card.to_json())
     final = model_dir / str(version)
     os.rename(tmp, final)
     return final

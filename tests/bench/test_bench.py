@@ -176,3 +176,35 @@ def test_markdown_and_plot_are_written(tmp_path: Path) -> None:
     report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(results)  # the results stay JSON-serialisable
+
+
+@pytest.mark.parametrize(
+    ("version", "members", "views", "label"),
+    [
+        ("cnmc-improved-cnn/2", 3, 4, "improved, cv_ensemble of 3 members"),
+        ("cnmc-improved-cnn/1", 0, 8, "improved"),
+        ("cnmc-paper-cnn/1", 0, None, "paper"),
+    ],
+)
+def test_ceiling_benchmarks_the_network_the_store_serves(
+    version: str, members: int, views: int | None, label: str
+) -> None:
+    """The network-only comparison rebuilds what the version serves: a cv_ensemble version
+    as all its members averaged, each with the card's test-time views."""
+    from bench.ceiling import served_network
+    from contract.card import ModelCard
+    from training.models import DihedralAverage, MeanEnsemble
+
+    card = ModelCard.model_validate_json(
+        (REPO / "model_store" / version / "model_card.json").read_text()
+    )
+    model, name, options = served_network(card)
+    assert name == label
+    nets = model.members if members else [model]
+    assert isinstance(model, MeanEnsemble) == bool(members) and len(nets) == max(members, 1)
+    for net in nets:
+        assert isinstance(net, DihedralAverage) == (views is not None)
+        if views is not None:
+            assert net.views == views
+    if card.architecture == "improved":
+        assert list(options["widths"]) == card.training.config["widths"]

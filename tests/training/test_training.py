@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contract.card import CardData, CardMetrics, CardTraining, ModelCard
 from training import export as export_module
 from training.data import decode_rgb, discover, load_images, parse_subject_id
 from training.evaluate import choose_threshold, classification_metrics
 from training.export import next_version
-from training.models import make_model, make_paper_model, with_dihedral_average
+from training.models import ImprovedOptions, make_model, make_paper_model, with_dihedral_average
 from training.pipeline import train_and_export
 from training.splits import cv_splits, final_split, subject_table
 from training.train import TrainConfig, predict_p_all, train_model
@@ -27,12 +28,70 @@ TINY_CONFIG = TrainConfig(  # the shipped improved recipe, shrunk
     epochs=2,
     batch_size=8,
     seed=1,
-    widths=(8, 16),
-    stain_normalization=False,
-    shape_features=True,
+    improved=ImprovedOptions(widths=(8, 16), stain_normalization=False, shape_features=True),
     blur_noise=True,
     test_time_dihedral=True,
 )
+
+
+def stub_card(version: int, files: dict[str, str], threshold: float = 0.5) -> ModelCard:
+    """A complete card for exports whose metrics do not matter to the test."""
+    return export_module.build_card(
+        name="m",
+        version=version,
+        architecture="improved",
+        description="test export",
+        threshold=threshold,
+        input_size=32,
+        crop_fraction=0.9,
+        metrics=CardMetrics(),
+        data=CardData(
+            dataset="none",
+            citation="n/a",
+            manifest_sha256="0" * 64,
+            duplicates_dropped=0,
+            splits={},
+        ),
+        training=CardTraining(
+            config=TINY_CONFIG.to_dict(),
+            seed=1,
+            epochs_run=0,
+            selected_epoch=0,
+            seconds=0.0,
+            seconds_per_epoch=0.0,
+            images_per_second=0.0,
+            command="tests",
+        ),
+        files=files,
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"architecture": "resnet"},
+        {"optimizer": "sgd"},
+        {"select_epoch": "best"},
+        {"ship": "ensemble"},
+        {"tta_views": 3},
+    ],
+)
+def test_config_choices_are_checked_when_built(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(change))):
+        dataclasses.replace(TINY_CONFIG, **change)  # type: ignore[arg-type]
+
+
+def test_committed_configs_read_back() -> None:
+    """Committed cards hold the flat layout (options beside the other fields); both layouts
+    give the same config, and a saved config round-trips."""
+    store = Path(__file__).resolve().parents[2] / "model_store"
+    flat = json.loads((store / "cnmc-improved-cnn" / "2" / "model_card.json").read_text())
+    config = TrainConfig.from_dict(flat["training"]["config"])
+    assert config.improved.widths == (16, 32, 64, 128) and config.ship == "cv_ensemble"
+    assert not config.improved.stain_normalization and config.tta_views == 4
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(TypeError):
+        TrainConfig.from_dict(flat["training"]["config"] | {"widthz": [8]})
 
 
 def test_parse_subject_ids() -> None:
@@ -117,6 +176,11 @@ def test_train_export_and_serving_signature(cnmc_tiny: Path, tmp_path: Path) -> 
     assert version_dir == store / "tiny-cnn" / "1"
     card = json.loads((version_dir / "model_card.json").read_text())
     assert card["labels"] == ["hem", "all"] and card["positive_label"] == "all"
+    typed = ModelCard.model_validate(card)  # the contract, and today's service, both read it
+    assert typed.input.model_input_size == (32, 32) and typed.input_checks.expected_size
+    from app.registry import ModelCard as ServiceCard
+
+    assert ServiceCard.model_validate(card).threshold == typed.threshold
     assert 0.0 <= card["threshold"] <= 1.0
     assert TrainConfig.from_dict(card["training"]["config"]) == TINY_CONFIG
     assert card["data"]["duplicates_dropped"] == 1
@@ -206,7 +270,7 @@ def test_same_config_same_weights_with_augmentation(cnmc_tiny: Path) -> None:
 
 @pytest.mark.parametrize("views", [4, 8])
 def test_test_time_views_make_predictions_turn_invariant(views: int) -> None:
-    net = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
+    net = make_model(TINY_CONFIG.spec, TINY_CONFIG.improved)
     wrapped = with_dihedral_average(net, views)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.integers(0, 256, (3, 32, 32, 3)), tf.float32)
@@ -223,9 +287,7 @@ def test_signature_matches_keras_model_on_same_images(cnmc_tiny: Path, tmp_path:
     images = load_images(cnmc_tiny, 32, 0.9)
     config = dataclasses.replace(TINY_CONFIG, epochs=1)
     model = with_dihedral_average(train_model(config, images, images).model)
-    out = export_module.export_version(
-        model, tmp_path, 32, 0.9, lambda v, f: {"version": v, "files": f}
-    )
+    out = export_module.export_version(model, tmp_path, 32, 0.9, stub_card)
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     first = images.subset(np.arange(len(images.labels)) < 6)
     raw = np.stack([decode_rgb(cnmc_tiny / p) for p in first.paths])  # original 48x48 files
@@ -243,9 +305,7 @@ def test_versions_increment_and_failed_export_leaves_nothing(
     model = make_model(TINY_CONFIG.spec)
     store = tmp_path / "store"
 
-    def card(version: int, files: dict[str, str]) -> dict[str, object]:
-        return {"version": version, "files": files}
-
+    card = stub_card
     first = export_module.export_version(model, store, 32, 1.0, card)
     (store / ".tmp-stale").mkdir()  # a crashed writer's leftover is not a version
     (store / "notes").mkdir()
@@ -263,10 +323,8 @@ def test_versions_increment_and_failed_export_leaves_nothing(
 
 
 def test_promote_copies_verified_versions_only(tmp_path: Path) -> None:
-    model = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
-    staged = export_module.export_version(
-        model, tmp_path / "staging", 32, 0.9, lambda v, f: {"name": "m", "version": v, "files": f}
-    )
+    model = make_model(TINY_CONFIG.spec, TINY_CONFIG.improved)
+    staged = export_module.export_version(model, tmp_path / "staging", 32, 0.9, stub_card)
     store = tmp_path / "model_store" / "m"
     assert export_module.promote(staged, store).name == "1"
     second = export_module.promote(staged, store)
@@ -281,19 +339,8 @@ def test_promote_copies_verified_versions_only(tmp_path: Path) -> None:
 def test_predict_files_uses_the_signature_and_card(tmp_path: Path) -> None:
     from training.predict import classify_files, predict_files
 
-    model = make_model(TINY_CONFIG.spec, **TINY_CONFIG.improved_options())
-    version = export_module.export_version(
-        model,
-        tmp_path,
-        32,
-        0.9,
-        lambda v, f: {
-            "labels": ["hem", "all"],
-            "positive_label": "all",
-            "threshold": 0.5,
-            "files": f,
-        },
-    )
+    model = make_model(TINY_CONFIG.spec, TINY_CONFIG.improved)
+    version = export_module.export_version(model, tmp_path, 32, 0.9, stub_card)
     files = sorted(REAL.rglob("*.png"))[:3]
     probs = predict_files(version, files)
     serve = tf.saved_model.load(str(version)).signatures["serving_default"]

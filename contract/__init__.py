@@ -1,0 +1,1 @@
+"""What training writes and serving, tests and the benchmark read; imports no TensorFlow."""

@@ -1,0 +1,79 @@
+"""The model card contract: committed cards validate, and malformed cards are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from contract.card import CARD_FILE, InputChecks, ModelCard
+
+STORE = Path(__file__).resolve().parents[2] / "model_store"
+COMMITTED = sorted(STORE.glob(f"*/*/{CARD_FILE}"))
+
+
+def test_the_store_has_committed_cards() -> None:
+    assert len(COMMITTED) >= 3
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: "/".join(p.parts[-3:-1]))
+def test_committed_cards_validate_and_round_trip(path: Path) -> None:
+    raw = json.loads(path.read_text())
+    card = ModelCard.model_validate(raw)
+    assert card.name == path.parts[-3] and card.version == int(path.parts[-2])
+    assert card.labels[card.positive_index] == "all"
+    # Nothing is lost or renamed: written back, the card is the committed one plus the
+    # input_checks group, which these cards predate (its defaults are the calibrated rule).
+    written = json.loads(card.to_json())
+    assert written.pop("input_checks") == InputChecks().model_dump(mode="json")
+    assert written == raw
+
+
+def _committed() -> dict[str, Any]:
+    return dict(json.loads(COMMITTED[0].read_text()))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"positive_label": "blast"},  # not one of the labels
+        {"threshold": 1.5},
+        {"labels": ["all"]},
+        {"files": {}},
+        {"thresold": 0.5},  # a misspelt key is refused, not ignored
+        {"input": {"model_input_size": [64, 64]}},  # the input contract is incomplete
+        {"input_checks": {"min_foreground": 0.6, "max_foreground": 0.5}},
+    ],
+)
+def test_malformed_cards_are_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        ModelCard.model_validate(_committed() | change)
+
+
+def test_input_checks_defaults_are_the_service_constants() -> None:
+    """Until the service reads them from the card, both must state the same rule."""
+    from app import imaging
+
+    checks = InputChecks()
+    assert checks.dark_level == imaging.DARK_LEVEL
+    assert checks.border_width == imaging.BORDER_WIDTH
+    assert checks.min_border_dark == imaging.MIN_BORDER_DARK
+    assert checks.min_foreground == imaging.MIN_FOREGROUND
+    assert checks.max_foreground == imaging.MAX_FOREGROUND
+    assert checks.expected_size == imaging.EXPECTED_SIZE
+
+
+def test_reading_a_card_imports_no_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from contract.card import ModelCard; "
+        f"ModelCard.model_validate_json(open({str(COMMITTED[0])!r}).read()); "
+        "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60).returncode == 0
