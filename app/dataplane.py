@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import ModelNotFound, ModelUnavailable, NotReady, ServiceError, VersionNotFound
+from app.errors import ModelNotFound, NotReady, ServiceError
 from app.imaging import DecodedImage, decode_image
+from app.lifecycle import Lifecycle, State
 from app.metrics import Metrics
-from app.registry import LoadedVersion, ModelRegistry, VersionFailed, missing_files, read_card
+from app.registry import LoadedVersion, ModelRegistry
 from app.schemas import (
     ClassifyResponse,
     HealthSummary,
@@ -33,122 +33,44 @@ OOD_MEANING = (
 )
 
 
-@dataclass
-class StartupState:
-    default_model: str | None = None
-    ready: bool = False
-    reason: str | None = "starting: model not loaded yet"
-    started_at: float = field(default_factory=time.monotonic)
-
-
 class DataPlane:
+    """Resolve the model, decode, batch, shape the result. Readiness is the lifecycle's
+    (app/lifecycle.py); which version answers is the registry's (``resolve``)."""
+
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, batcher: Batcher, metrics: Metrics
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        lifecycle: Lifecycle,
+        batcher: Batcher,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        self.lifecycle = lifecycle
         self.batcher = batcher
         self.metrics = metrics
-        self.state = StartupState()
         self._decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
-
-    # --- startup -----------------------------------------------------------------------
-    def load_default(self) -> None:
-        """Blocking: choose, verify, load and warm the default model (runs in a thread)."""
-        try:
-            name = self.registry.default_model_name(self.settings.default_model)
-            self.state.default_model = name
-            loaded = self.registry.select(name, self.settings.model_version)
-        except ServiceError as exc:
-            self.state.reason = exc.detail
-            return
-        except Exception as exc:  # never let a broken store kill the process
-            self.state.reason = f"startup failed: {exc!r}"
-            return
-        self.metrics.observe_loaded(loaded, is_default=True)
-        self._update_reason(name)
-        self.state.ready = self.batcher.running
-        self.metrics.ready.set(1 if self.state.ready else 0)
-
-    def refresh(self) -> None:
-        """Blocking, called periodically: pick up new versions (TF Serving's store polling).
-
-        Not ready yet: retry the startup load (the store may have been fixed or filled).
-        Ready and not pinned: switch to a newer version once it verified, loaded and warmed;
-        a broken newer version is reported and the current one kept.
-        """
-        if not self.state.ready:
-            self.load_default()
-            return
-        name = self.state.default_model
-        if name is None or self.settings.model_version is not None:
-            return
-        previous = self.registry.get_loaded(name, None)
-        try:
-            loaded = self.registry.refresh(name)
-        except Exception:  # a store that disappears must not stop the poller
-            return
-        if loaded is not None:
-            if previous is not None:
-                self.metrics.observe_loaded(previous, is_default=False)
-            self.metrics.observe_loaded(loaded, is_default=True)
-        self._update_reason(name)
-
-    def _update_reason(self, name: str) -> None:
-        self.state.reason = self._serving_reason(name)
-
-    def _serving_reason(self, name: str) -> str | None:
-        """What a ready service should admit: the served version's files are gone from disk
-        (it still answers from memory), or a newer version than the one served is broken."""
-        served = self.registry.get_loaded(name, None)
-        versions = self.registry.describe().get(name, {}).get("versions", {})
-        notes = []
-        if served is not None and (missing := missing_files(served.path, served.card)):
-            notes.append(
-                f"serving version {served.version} from memory; files missing on disk: "
-                + ", ".join(missing)
-            )
-        broken = [
-            f"version {v}: {s['reason']}"
-            for v, s in versions.items()
-            if s["state"] == "failed" and (served is None or int(v) > served.version)
-        ]
-        if broken:
-            notes.append("serving last good version; skipped " + "; ".join(broken))
-        return "; ".join(notes) or None
-
-    def served_default(self) -> LoadedVersion:
-        if not self.state.ready or self.state.default_model is None:
-            raise NotReady(self.state.reason or NotReady.default_detail)
-        loaded = self.registry.get_loaded(self.state.default_model, None)
-        if loaded is None:  # pragma: no cover - ready implies loaded
-            raise NotReady()
-        return loaded
 
     def model_ready(self, name: str) -> LoadedVersion:
         """The loaded version serving ``name`` by default, without loading anything."""
-        pinned = self.settings.model_version if name == self.state.default_model else None
-        loaded = self.registry.get_loaded(name, pinned)
+        loaded = self.registry.loaded(name)
         if loaded is not None:
             return loaded
-        if name not in self.registry.models():
+        if name not in self.registry.store.models():
             raise ModelNotFound(f"Model {name!r} is not in the store.")
         raise NotReady(f"Model {name!r} is not loaded (it loads on its first request).")
 
     # --- classify ----------------------------------------------------------------------
     async def resolve(self, model: str | None, version: int | None) -> LoadedVersion:
+        """The loaded version that answers; a version not loaded yet is loaded in a thread."""
         if model is None:
-            return self.served_default()
-        if version is not None and version < 1:
-            raise VersionNotFound(f"Versions are positive integers, got {version}.")
-        pinned = self.settings.model_version if model == self.state.default_model else None
-        if version is None and pinned is not None:
-            version = pinned
-        loaded = self.registry.get_loaded(model, version)
+            return self.lifecycle.served_default()
+        loaded = self.registry.loaded(model, version)
         if loaded is not None:
             return loaded
-        loaded = await anyio.to_thread.run_sync(self.registry.get, model, version)
-        default = self.registry.get_loaded(self.state.default_model or "", None)
+        loaded = await anyio.to_thread.run_sync(self.registry.resolve, model, version)
+        default = self.registry.loaded(self.lifecycle.default_model or "")
         self.metrics.observe_loaded(loaded, is_default=loaded is default)
         return loaded
 
@@ -195,7 +117,6 @@ class DataPlane:
         positive = probabilities[card.positive_label]
         negative = next(label for label in card.labels if label != card.positive_label)
         label = card.positive_label if positive >= card.threshold else negative
-        descriptions = (card.model_extra or {}).get("label_descriptions", {})
         check = image.check
         warnings = list(check.warnings)
         if check.out_of_distribution:
@@ -203,9 +124,7 @@ class DataPlane:
         return ImageResult(
             index=index,
             label=label,
-            label_description=str(descriptions.get(label, label))
-            if isinstance(descriptions, dict)
-            else label,
+            label_description=card.label_descriptions.get(label, label),
             probabilities=probabilities,
             blast_probability=positive,
             threshold=card.threshold,
@@ -240,68 +159,53 @@ class DataPlane:
 
     # --- health and info ---------------------------------------------------------------
     def health(self) -> HealthSummary:
-        default = self.state.default_model
-        loaded = self.registry.get_loaded(default, None) if default else None
+        state, reason = self.lifecycle.status()
+        ready = state in (State.READY, State.DEGRADED)
+        default = self.lifecycle.default_model
+        loaded = self.registry.loaded(default) if default else None
         return HealthSummary(
-            status="ready" if self.state.ready else "not_ready",
-            ready=self.state.ready,
-            # Computed now when ready, so files deleted since the last poll are reported.
-            reason=self._serving_reason(default)
-            if self.state.ready and default
-            else self.state.reason,
+            status="ready" if ready else "not_ready",
+            state=state.value,
+            ready=ready,
+            reason=reason,
             default_model=default,
             default_version=loaded.version if loaded else None,
-            uptime_seconds=round(time.monotonic() - self.state.started_at, 3),
+            uptime_seconds=round(time.monotonic() - self.lifecycle.started_at, 3),
             queue_depth=self.batcher.queue_depth(),
             models=self.registry.describe(),
         )
 
     def model_info(self, name: str | None, version: int | None = None) -> ModelInfo:
         if name is None:
-            name = self.state.default_model
+            name = self.lifecycle.default_model
             if name is None:
-                raise NotReady(self.state.reason or "No default model.")
-        # Looked up before describing: the description includes every loaded version, so
-        # what is served is answered from memory even when its files are gone from disk.
-        loaded = self.registry.get_loaded(name, version)
-        described = self.registry.describe()
-        if name not in described:
-            raise ModelNotFound(f"Model {name!r} is not in the store.")
-        entry = described[name]
-        versions = [int(v) for v in entry["versions"]]
-        if version is not None and version not in versions:
-            raise VersionNotFound(f"Model {name!r} has no version {version}.")
-        if loaded is not None:
-            card, chosen = loaded.card, loaded.version
-        else:
-            chosen = version or entry["default_version"] or max(versions)
-            try:
-                card = read_card(self.registry.store / name / str(chosen))
-            except VersionFailed as exc:
-                raise ModelUnavailable(f"{name} version {chosen}: {exc}") from exc
-        extra = card.model_extra or {}
+                raise NotReady(self.lifecycle.status()[1] or "No default model.")
+        chosen, card = self.registry.card(name, version)
+        loaded = self.registry.loaded(name, chosen)
+        entry = self.registry.describe()[name]
+        described = entry["versions"][str(chosen)]
         return ModelInfo(
             name=name,
             versions=entry["versions"],
             served_version=entry["default_version"],
-            state=entry["versions"][str(chosen)]["state"],
+            state=described["state"],
             labels=card.labels,
-            label_descriptions=extra.get("label_descriptions", {}),
+            label_descriptions=card.label_descriptions,
             positive_label=card.positive_label,
             threshold=card.threshold,
             input=card.input.model_dump(),
             output=card.output.model_dump(),
-            metrics=extra.get("metrics", {}),
-            data=extra.get("data", {}),
-            training=extra.get("training", {}),
-            framework=extra.get("framework", {}),
+            metrics=card.metrics.model_dump(),
+            data=card.data.model_dump(),
+            training=card.training.model_dump(),
+            framework=card.framework.model_dump(),
             files=card.files,
             intended_use=card.intended_use,
-            description=str(extra.get("description", "")),
-            architecture=extra.get("architecture"),
-            created_at=extra.get("created_at"),
+            description=card.description,
+            architecture=card.architecture,
+            created_at=card.created_at,
             load_seconds=round(loaded.load_seconds, 3) if loaded else None,
             loaded_at=loaded.loaded_at if loaded else None,
-            batching=entry["versions"][str(chosen)]["batching"],
+            batching=described["batching"],
             input_checks=OOD_MEANING,
         )

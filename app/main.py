@@ -18,6 +18,7 @@ from app.api import routes
 from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.lifecycle import Lifecycle
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -25,6 +26,7 @@ from app.registry import ModelRegistry, warmup_runtime
 from app.runtime import configure_tensorflow, tune_malloc
 from app.security import ApiKeyMiddleware
 from app.settings import Settings
+from app.store import ModelStore
 
 _log = get_logger("lifecycle")
 
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level)
     metrics = Metrics()
     registry = ModelRegistry(
-        settings.model_store,
+        ModelStore(settings.model_store),
         warmup=warmup_runtime(settings.warmup_batch_sizes),
         batching="per_image" if settings.exact_batching else "stacked",
     )
@@ -57,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers=settings.inference_workers,
         exact=settings.exact_batching,
     )
-    dataplane = DataPlane(settings, registry, batcher, metrics)
+    lifecycle = Lifecycle(settings, registry, batcher, metrics)
+    dataplane = DataPlane(settings, registry, lifecycle, batcher, metrics)
     api_keys = settings.load_api_keys()
 
     @asynccontextmanager
@@ -72,9 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with anyio.create_task_group() as tasks:
             # Load in the background: the process is live (and says why it is not ready)
             # while the model is verified, loaded and warmed up.
-            tasks.start_soon(_load_default, dataplane)
-            if settings.store_poll_seconds > 0:
-                tasks.start_soon(_poll_store, dataplane, settings.store_poll_seconds)
+            tasks.start_soon(lifecycle.run)
             try:
                 yield
             finally:
@@ -111,32 +112,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost
     return app
-
-
-async def _load_default(dataplane: DataPlane) -> None:
-    await anyio.to_thread.run_sync(dataplane.load_default, abandon_on_cancel=True)
-    state = dataplane.state
-    _log.info(
-        "ready" if state.ready else "not ready",
-        extra={"default_model": state.default_model, "reason": state.reason},
-    )
-
-
-async def _poll_store(dataplane: DataPlane, interval: float) -> None:
-    while True:
-        await anyio.sleep(interval)
-        before = dataplane.registry.get_loaded(dataplane.state.default_model or "", None)
-        await anyio.to_thread.run_sync(dataplane.refresh, abandon_on_cancel=True)
-        after = dataplane.registry.get_loaded(dataplane.state.default_model or "", None)
-        if after is not None and after is not before:
-            _log.info(
-                "serving new version",
-                extra={
-                    "model": after.name,
-                    "version": after.version,
-                    "ready": dataplane.state.ready,
-                },
-            )
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -1,16 +1,19 @@
-"""The model store: discovery, model cards, sha256 verification, loaded versions by name.
+"""Loaded model versions, their states, and the one rule that says which version serves.
 
-Layout and rules are in model_store/README.md (as TensorFlow Serving: integer version
-folders, the highest served unless pinned, anything else ignored). A version that fails to
-load (missing card, hash mismatch, unreadable SavedModel) is recorded with its reason and
-never crashes the process, and is verified again once its files change (a copy completed,
-a file replaced); without a pin, the newest version that loads is served. A loaded version
-keeps serving from memory if its files later vanish from disk, and says so in ``describe``.
+``ModelRegistry.resolve(name, version)`` is the only place a version is chosen: an explicit
+version; else the model's pin (``LEUK_MODEL_VERSION`` for the default model); else the newest
+version that verifies and loads (TensorFlow Serving's rule), kept until a newer one loads
+(``refresh``). Everything else (the data plane, the lifecycle, the benchmark) asks it. The
+disk layout is :mod:`app.store`'s.
+
+A version that fails (missing card, hash mismatch, unreadable SavedModel) is recorded with
+its reason and never crashes the process; it is verified again once its files change (a
+copy completed, a file replaced). A loaded version keeps serving from memory if its files
+later vanish from disk, and ``describe`` says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 import time
@@ -22,42 +25,15 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
 from app.logging import get_logger
 from app.runtime import ModelRuntime, SavedModelRuntime
+from app.store import Fingerprint, ModelStore, VersionFailed
+from contract.card import ModelCard
 
 _log = get_logger("store")
-CARD_FILE = "model_card.json"
 _TF_FUNCTION_PREFIX = re.compile(r"^\{\{function_node [^}]*\}\}\s*")
-
-
-class CardInput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    signature: str = "serving_default"
-    input_name: str = "images"
-    dtype: Literal["uint8"] = "uint8"
-
-
-class CardOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    output_name: str = "probabilities"
-
-
-class ModelCard(BaseModel):
-    """The keys of model_card.json the service relies on; the rest is kept as-is."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str
-    version: int
-    labels: list[str] = Field(min_length=2)
-    positive_label: str
-    threshold: float = Field(ge=0.0, le=1.0)
-    input: CardInput
-    output: CardOutput
-    files: dict[str, str] = Field(min_length=1)
-    intended_use: str = ""
 
 
 @dataclass
@@ -66,7 +42,6 @@ class LoadedVersion:
 
     name: str
     version: int
-    path: Path
     card: ModelCard
     runtime: ModelRuntime
     load_seconds: float
@@ -76,14 +51,6 @@ class LoadedVersion:
     def key(self) -> tuple[str, int]:
         return (self.name, self.version)
 
-    @property
-    def positive_index(self) -> int:
-        return self.card.labels.index(self.card.positive_label)
-
-
-Fingerprint = tuple[tuple[str, int, int], ...]
-"""(relative path, size, mtime_ns) of every file of a version folder, card included."""
-
 
 @dataclass
 class VersionStatus:
@@ -92,10 +59,6 @@ class VersionStatus:
     # What the folder held when it failed: the version is verified again once this changes
     # (a version seen half-copied must not stay failed once the copy completes).
     fingerprint: Fingerprint | None = None
-
-
-class VersionFailed(Exception):
-    """A version cannot be served; ``str(self)`` says why."""
 
 
 Loader = Callable[[Path, ModelCard], ModelRuntime]
@@ -114,7 +77,7 @@ def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
 
 
 def probe_images(count: int, seed: int = 0) -> NDArray[np.uint8]:
-    """Synthetic 450x450 'cells' (textured discs on black) for warm-up and the batching probe."""
+    """Synthetic 450x450 'cells' (textured discs on black) for warm-up."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:450, :450]
     images = np.zeros((count, 450, 450, 3), dtype=np.uint8)
@@ -135,63 +98,6 @@ def warmup_runtime(batch_sizes: Sequence[int]) -> Warmup:
     return warm
 
 
-def read_card(version_dir: Path) -> ModelCard:
-    try:
-        return ModelCard.model_validate_json((version_dir / CARD_FILE).read_bytes())
-    except FileNotFoundError as exc:
-        raise VersionFailed(f"{CARD_FILE} is missing") from exc
-    except OSError as exc:
-        raise VersionFailed(f"{CARD_FILE} cannot be read: {exc.strerror}") from exc
-    except ValidationError as exc:
-        raise VersionFailed(f"{CARD_FILE} is invalid: {exc.errors()[0]['msg']}") from exc
-
-
-def verify_files(version_dir: Path, card: ModelCard) -> None:
-    """Every SavedModel file must be listed in the card and match its sha256."""
-    root = version_dir.resolve()
-    for rel in card.files:
-        path = (version_dir / rel).resolve()
-        if not path.is_relative_to(root):
-            raise VersionFailed(f"card lists a file outside the version folder: {rel}")
-        if not path.is_file():
-            raise VersionFailed(f"file listed in the card is missing: {rel}")
-    # Every file is present before any is hashed: a half-copied version fails at once.
-    for rel, expected in card.files.items():
-        path = version_dir / rel
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != expected.lower():
-            raise VersionFailed(f"sha256 mismatch for {rel}")
-    required = [version_dir / "saved_model.pb", *(version_dir / "variables").glob("**/*")]
-    for path in required:
-        rel = path.relative_to(version_dir).as_posix()
-        if path.is_file() and rel not in card.files:
-            raise VersionFailed(f"SavedModel file not listed in the card: {rel}")
-
-
-def fingerprint(version_dir: Path) -> Fingerprint:
-    """Names, sizes and mtimes of the files under ``version_dir`` (empty when it is gone)."""
-    found = []
-    try:
-        for path in version_dir.rglob("*"):
-            if path.is_file():
-                stat = path.stat()
-                rel = path.relative_to(version_dir).as_posix()
-                found.append((rel, stat.st_size, stat.st_mtime_ns))
-    except OSError:  # a file vanished while listing: a changed folder, fingerprint again later
-        return ()
-    return tuple(sorted(found))
-
-
-def missing_files(version_dir: Path, card: ModelCard) -> list[str]:
-    """Files of a loaded version that are no longer on disk (["version folder"] if all are)."""
-    if not version_dir.is_dir():
-        return ["version folder"]
-    return [rel for rel in [CARD_FILE, *card.files] if not (version_dir / rel).is_file()]
-
-
 def load_error_reason(exc: BaseException) -> str:
     """A readable, bounded reason: the exception type and the first line of its message.
 
@@ -206,18 +112,11 @@ def load_error_reason(exc: BaseException) -> str:
     return reason if len(reason) <= 300 else reason[:299] + "…"
 
 
-def _check_card(card: ModelCard, name: str, version: int) -> None:
-    if card.name != name or card.version != version:
-        raise VersionFailed(f"card says {card.name}/{card.version}, folder is {name}/{version}")
-    if card.positive_label not in card.labels:
-        raise VersionFailed("positive_label is not one of the labels")
-
-
 @dataclass
 class ModelRegistry:
     """Versions on disk, their state, and the loaded ones. Thread-safe; loading blocks."""
 
-    store: Path
+    store: ModelStore
     loader: Loader = load_saved_model
     warmup: Warmup = field(default_factory=lambda: warmup_runtime([1]))
     # How loaded versions are batched (app/batching.py): "stacked", or "per_image" when
@@ -226,47 +125,111 @@ class ModelRegistry:
     _loaded: dict[tuple[str, int], LoadedVersion] = field(default_factory=dict)
     _status: dict[tuple[str, int], VersionStatus] = field(default_factory=dict)
     _chosen: dict[str, int] = field(default_factory=dict)  # model -> version served by default
+    _pins: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _load_locks: dict[tuple[str, int], threading.Lock] = field(default_factory=dict)
 
-    # --- discovery ---------------------------------------------------------------------
-    def models(self) -> dict[str, list[int]]:
-        """Model name -> its integer versions, ascending. Other folders are ignored."""
-        found: dict[str, list[int]] = {}
-        if not self.store.is_dir():
-            return found
-        for model_dir in sorted(self.store.iterdir()):
-            if not model_dir.is_dir() or model_dir.name.startswith("."):
-                continue
+    # --- which version serves ------------------------------------------------------------
+    def pin(self, name: str, version: int) -> None:
+        """Serve exactly ``version`` of ``name`` when no version is asked for."""
+        with self._lock:
+            self._pins[name] = version
+
+    def resolve(self, name: str, version: int | None = None) -> LoadedVersion:
+        """The loaded version that answers for ``name`` (and ``version``, if asked); loads
+        it if needed (blocking). Raises ModelNotFound, VersionNotFound or ModelUnavailable."""
+        with self._lock:
+            pinned = self._pins.get(name)
+        if version is None and pinned is None:
+            return self._newest(name)
+        asked = version if version is not None else pinned
+        assert asked is not None
+        loaded = self.loaded(name, asked)
+        if loaded is None:
+            versions = self._versions_of(name)
+            if asked not in versions:
+                kind = "version" if version is not None else "pinned version"
+                raise VersionNotFound(f"Model {name!r} has no {kind} {asked}.")
             try:
-                versions = sorted(
-                    int(child.name)
-                    for child in model_dir.iterdir()
-                    if child.is_dir() and child.name.isdigit() and int(child.name) >= 1
-                )
-            except OSError:  # removed while listing
+                loaded = self.load(name, asked)
+            except VersionFailed as exc:
+                raise ModelUnavailable(f"{name} version {asked} cannot be served: {exc}") from exc
+        if version is None:
+            with self._lock:
+                self._chosen[name] = asked
+        return loaded
+
+    def loaded(self, name: str, version: int | None = None) -> LoadedVersion | None:
+        """Non-blocking: what ``resolve`` would answer if it is already loaded, else None."""
+        with self._lock:
+            if version is None:
+                version = self._pins.get(name, self._chosen.get(name))
+                if version is None:
+                    return None
+            return self._loaded.get((name, version))
+
+    def refresh(self, name: str) -> LoadedVersion | None:
+        """Serve a newer version of ``name`` if one appeared and loads; else None. A pinned
+        model never moves. A version that failed is verified again only once its files
+        changed (see ``load``); the current one is kept meanwhile."""
+        with self._lock:
+            current = self._chosen.get(name)
+            pinned = name in self._pins
+        if current is None or pinned:
+            return None
+        newer = [v for v in self.store.models().get(name, []) if v > current]
+        for version in sorted(newer, reverse=True):
+            try:
+                loaded = self.load(name, version)
+            except VersionFailed:
                 continue
-            if versions:
-                found[model_dir.name] = versions
-        return found
+            with self._lock:
+                self._chosen[name] = version
+            return loaded
+        return None
 
-    def default_model_name(self, configured: str | None) -> str:
-        if configured:
-            return configured
-        default_file = self.store / "DEFAULT"
-        if default_file.is_file():
-            name = default_file.read_text(encoding="utf-8").strip()
-            if name:
-                return name
-        models = self.models()
-        if len(models) == 1:
-            return next(iter(models))
-        raise ModelNotFound(
-            f"No default model: set LEUK_DEFAULT_MODEL or write {default_file} "
-            f"(store has {len(models)} models)."
-        )
+    def card(self, name: str, version: int | None = None) -> tuple[int, ModelCard]:
+        """The card of the version ``resolve`` answers with (or would try first), without
+        loading anything: from memory when loaded, else from the store."""
+        loaded = self.loaded(name, version)
+        if loaded is not None:
+            return loaded.version, loaded.card
+        if version is None:
+            with self._lock:
+                version = self._pins.get(name, self._chosen.get(name))
+        versions = self._versions_of(name)
+        if version is None:
+            version = max(versions)
+        elif version not in versions:
+            raise VersionNotFound(f"Model {name!r} has no version {version}.")
+        try:
+            return version, self.store.read_card(name, version)
+        except VersionFailed as exc:
+            raise ModelUnavailable(f"{name} version {version}: {exc}") from exc
 
-    # --- loading -----------------------------------------------------------------------
+    def _newest(self, name: str) -> LoadedVersion:
+        loaded = self.loaded(name)
+        if loaded is not None:
+            return loaded
+        reasons = []
+        for version in sorted(self._versions_of(name), reverse=True):
+            try:
+                loaded = self.load(name, version)
+            except VersionFailed as exc:
+                reasons.append(f"version {version}: {exc}")
+                continue
+            with self._lock:
+                self._chosen[name] = version
+            return loaded
+        raise ModelUnavailable(f"No loadable version of {name!r}: " + "; ".join(reasons))
+
+    def _versions_of(self, name: str) -> list[int]:
+        versions = self.store.models().get(name)
+        if not versions:
+            raise ModelNotFound(f"Model {name!r} is not in the store.")
+        return versions
+
+    # --- loading -------------------------------------------------------------------------
     def load(self, name: str, version: int) -> LoadedVersion:
         """Verify, load and warm up one version (once); raises VersionFailed with the reason."""
         key = (name, version)
@@ -280,7 +243,7 @@ class ModelRegistry:
                     return self._loaded[key]
                 status = self._status.get(key)
             # Taken before verifying: files that change during the load are verified again.
-            seen = fingerprint(self.store / name / str(version))
+            seen = self.store.fingerprint(name, version)
             if status is not None and status.state == "failed" and status.fingerprint == seen:
                 raise VersionFailed(status.reason or "failed")
             with self._lock:
@@ -302,99 +265,21 @@ class ModelRegistry:
             return loaded
 
     def _load_uncached(self, name: str, version: int) -> LoadedVersion:
-        path = self.store / name / str(version)
         start = time.perf_counter()
-        card = read_card(path)
-        _check_card(card, name, version)
-        verify_files(path, card)
-        runtime = self.loader(path, card)
+        card = self.store.read_card(name, version)
+        self.store.verify(name, version, card)
+        runtime = self.loader(self.store.version_dir(name, version), card)
         self.warmup(runtime)
         return LoadedVersion(
             name=name,
             version=version,
-            path=path,
             card=card,
             runtime=runtime,
             load_seconds=time.perf_counter() - start,
             loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
 
-    def select(self, name: str, pinned: int | None = None) -> LoadedVersion:
-        """The version of ``name`` to serve by default: the pin, or the newest that loads."""
-        with self._lock:
-            chosen = self._chosen.get(name)
-            if chosen is not None and (name, chosen) in self._loaded:
-                return self._loaded[(name, chosen)]
-        versions = self.models().get(name)
-        if not versions:
-            raise ModelNotFound(f"Model {name!r} is not in the store.")
-        if pinned is not None:
-            if pinned not in versions:
-                raise VersionNotFound(f"Pinned version {pinned} of {name!r} is not in the store.")
-            candidates = [pinned]
-        else:
-            candidates = sorted(versions, reverse=True)
-        reasons = []
-        for version in candidates:
-            try:
-                loaded = self.load(name, version)
-            except VersionFailed as exc:
-                reasons.append(f"version {version}: {exc}")
-                continue
-            with self._lock:
-                self._chosen[name] = version
-            return loaded
-        raise ModelUnavailable(f"No loadable version of {name!r}: " + "; ".join(reasons))
-
-    def refresh(self, name: str) -> LoadedVersion | None:
-        """Serve a newer version of ``name`` if one appeared and loads; else None.
-
-        A version that failed is verified again only once its files changed (see ``load``);
-        the current one is kept meanwhile.
-        """
-        with self._lock:
-            current = self._chosen.get(name)
-        if current is None:
-            return None
-        newer = [v for v in self.models().get(name, []) if v > current]
-        for version in sorted(newer, reverse=True):
-            try:
-                loaded = self.load(name, version)
-            except VersionFailed:
-                continue
-            with self._lock:
-                self._chosen[name] = version
-            return loaded
-        return None
-
-    def get(self, name: str, version: int | None) -> LoadedVersion:
-        """What a request for ``name`` (and optionally ``version``) is served by."""
-        if version is None:
-            return self.select(name)
-        with self._lock:
-            loaded = self._loaded.get((name, version))
-        if loaded is not None:
-            return loaded
-        versions = self.models().get(name)
-        if not versions:
-            raise ModelNotFound(f"Model {name!r} is not in the store.")
-        if version not in versions:
-            raise VersionNotFound(f"Model {name!r} has no version {version}.")
-        try:
-            return self.load(name, version)
-        except VersionFailed as exc:
-            raise ModelUnavailable(f"{name} version {version} cannot be served: {exc}") from exc
-
-    def get_loaded(self, name: str, version: int | None) -> LoadedVersion | None:
-        """Non-blocking lookup of an already loaded version (the request fast path)."""
-        with self._lock:
-            if version is None:
-                version = self._chosen.get(name)
-                if version is None:
-                    return None
-            return self._loaded.get((name, version))
-
-    # --- reporting ---------------------------------------------------------------------
+    # --- reporting -----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Every model and version on disk or loaded, with its state (and why, when failed).
 
@@ -405,7 +290,7 @@ class ModelRegistry:
             status = dict(self._status)
             chosen = dict(self._chosen)
             loaded = dict(self._loaded)
-        on_disk = self.models()
+        on_disk = self.store.models()
         names = sorted({*on_disk, *(name for name, _ in loaded)})
         out: dict[str, Any] = {}
         for name in names:
@@ -424,11 +309,9 @@ class ModelRegistry:
     ) -> dict[str, Any]:
         status = status or VersionStatus()
         reason = status.reason
-        if loaded is not None and (missing := missing_files(loaded.path, loaded.card)):
+        if loaded is not None and (
+            missing := self.store.missing_files(loaded.name, loaded.version, loaded.card)
+        ):
             reason = "files missing on disk: " + ", ".join(missing)
         batching = self.batching if loaded is not None else None
         return {"state": status.state, "reason": reason, "batching": batching}
-
-    def loaded_versions(self) -> list[LoadedVersion]:
-        with self._lock:
-            return list(self._loaded.values())

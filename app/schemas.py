@@ -97,7 +97,12 @@ class Ready(BaseModel):
 
 class HealthSummary(BaseModel):
     status: Literal["ready", "not_ready"]
-    ready: bool
+    state: Literal["starting", "ready", "degraded", "failed"] = Field(
+        description="starting: no load attempt finished yet; ready: serving, nothing to "
+        "report; degraded: serving, but the reason names something an operator must fix; "
+        "failed: the default model cannot be served (retried at every store poll)."
+    )
+    ready: bool = Field(description="True in the ready and degraded states.")
     reason: str | None
     default_model: str | None
     default_version: int | None

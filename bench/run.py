@@ -33,26 +33,31 @@ CLASSIFY_PATH = "/v1/classify"
 
 
 def resolve_default_model(store: Path) -> tuple[str, int, Path]:
-    """The model the service serves by default: <store>/DEFAULT, its highest integer version."""
-    default_file = store / "DEFAULT"
-    if default_file.exists():
-        name = default_file.read_text().strip()
-    else:
-        models = sorted(
-            p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        if len(models) != 1:
-            raise SystemExit(f"{store} has no DEFAULT and {len(models)} models; pass --model-dir")
-        name = models[0]
-    versions = [
-        int(p.name)
-        for p in (store / name).iterdir()
-        if p.name.isdigit() and int(p.name) > 0 and (p / "saved_model.pb").exists()
-    ]
-    if not versions:
-        raise SystemExit(f"no version of {name} in {store}")
-    version = max(versions)
-    return name, version, store / name / str(version)
+    """The model the service serves by default, chosen by the service's own rule
+    (``ModelRegistry.resolve``): the store's default model, its newest version whose card and
+    files verify. Only TensorFlow's own load is left out (checked when the service starts)."""
+    from app.errors import ServiceError
+    from app.registry import ModelRegistry
+    from app.store import ModelStore
+
+    def verify_only(path: Path, card: ModelCard) -> NullRuntime:
+        return NullRuntime()
+
+    model_store = ModelStore(store)
+    registry = ModelRegistry(model_store, loader=verify_only, warmup=lambda runtime: None)
+    try:
+        name = model_store.default_model(None)
+        version = registry.resolve(name).version
+    except ServiceError as exc:
+        raise SystemExit(f"{store}: {exc.detail}") from exc
+    return name, version, model_store.version_dir(name, version)
+
+
+class NullRuntime:
+    """Stands in for a loaded SavedModel where only the store's verification matters."""
+
+    def predict(self, images: Any) -> Any:
+        raise NotImplementedError("the benchmark's parent process runs no model")
 
 
 def system_cpu_busy_s() -> float:

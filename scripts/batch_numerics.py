@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from app.batching import BATCH_TOLERANCE
 from app.imaging import decode_image
 from app.registry import ModelRegistry, probe_images
+from app.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (2, 3, 4, 5, 8, 16)
@@ -70,10 +71,10 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
-    registry = ModelRegistry(args.model_store)
+    registry = ModelRegistry(ModelStore(args.model_store))
     rows = [
         measure(registry, name, version)
-        for name, versions in registry.models().items()
+        for name, versions in registry.store.models().items()
         for version in versions
     ]
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "(default: best this CPU has)")

@@ -110,7 +110,7 @@ async def live() -> Live:
     responses=openapi_errors(NotReady),
 )
 async def ready(dataplane: DataPlaneDep) -> Ready:
-    loaded = dataplane.served_default()
+    loaded = dataplane.lifecycle.served_default()
     return Ready(model=loaded.name, version=loaded.version)
 
 
@@ -144,7 +144,7 @@ def default_model_info(dataplane: DataPlaneDep) -> ModelInfo:
 )
 def list_models(dataplane: DataPlaneDep) -> ModelList:
     return ModelList(
-        default_model=dataplane.state.default_model, models=dataplane.registry.describe()
+        default_model=dataplane.lifecycle.default_model, models=dataplane.registry.describe()
     )
 
 

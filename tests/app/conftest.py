@@ -65,9 +65,9 @@ def tiny_store(tiny_store_template: Path, tmp_path: Path) -> Path:
 
 async def wait_until_settled(app: FastAPI, timeout: float = 120.0) -> None:
     """Wait until the lifespan's background load finished (ready or failed with a reason)."""
-    state = app.state.dataplane.state
+    lifecycle = app.state.dataplane.lifecycle
     deadline = time.monotonic() + timeout
-    while not state.ready and (state.reason or "").startswith("starting"):
+    while lifecycle.status()[0] == "starting":
         if time.monotonic() > deadline:
             raise TimeoutError("model did not load")
         await anyio.sleep(0.02)

@@ -19,6 +19,7 @@ from app.errors import Overloaded
 from app.imaging import decode_image
 from app.registry import LoadedVersion, ModelRegistry
 from app.settings import Settings
+from app.store import ModelStore
 from tests.app.conftest import CNMC_PNGS, serve
 from tests.app.images import cell_like, encode
 
@@ -45,7 +46,7 @@ class RecordingRuntime:
 
 @pytest.fixture
 def tiny_version(tiny_store: Path) -> LoadedVersion:
-    return ModelRegistry(tiny_store).select("tiny")
+    return ModelRegistry(ModelStore(tiny_store)).resolve("tiny")
 
 
 def real_pixels() -> list[NDArray[np.uint8]]:
@@ -113,9 +114,9 @@ async def test_lone_request_runs_at_once_and_concurrent_requests_batch(
 
 
 async def test_batches_never_mix_shapes_or_models(tiny_store: Path) -> None:
-    registry = ModelRegistry(tiny_store)
-    tiny = registry.select("tiny")
-    other = registry.select("other")
+    registry = ModelRegistry(ModelStore(tiny_store))
+    tiny = registry.resolve("tiny")
+    other = registry.resolve("other")
     recorder_a = RecordingRuntime(tiny.runtime, delay=0.01)
     recorder_b = RecordingRuntime(other.runtime, delay=0.01)
     model_a, model_b = replace(tiny, runtime=recorder_a), replace(other, runtime=recorder_b)
@@ -303,7 +304,7 @@ async def test_exact_batching_is_reported(make_settings: Callable[..., Settings]
 
 
 async def test_tensorflow_never_runs_on_the_event_loop(client: httpx.AsyncClient) -> None:
-    loaded = client.app.state.dataplane.served_default()  # type: ignore[attr-defined]
+    loaded = client.app.state.dataplane.lifecycle.served_default()  # type: ignore[attr-defined]
     threads: list[str] = []
     inner = loaded.runtime
 

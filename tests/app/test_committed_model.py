@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from app.batching import BATCH_TOLERANCE
-from app.registry import ModelRegistry
 from app.settings import Settings
+from app.store import ModelStore
 from tests.app.conftest import (
     CNMC_BMP,
     CNMC_PNGS,
@@ -36,13 +36,13 @@ async def real_client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _default_version_dir(name: str | None = None) -> Path:
-    registry = ModelRegistry(COMMITTED_STORE)
-    name = name or registry.default_model_name(None)
-    return COMMITTED_STORE / name / str(max(registry.models()[name]))
+    store = ModelStore(COMMITTED_STORE)
+    name = name or store.default_model(None)
+    return store.version_dir(name, max(store.models()[name]))
 
 
 def test_committed_store_has_both_models() -> None:
-    models = ModelRegistry(COMMITTED_STORE).models()
+    models = ModelStore(COMMITTED_STORE).models()
     assert {"cnmc-improved-cnn", "cnmc-paper-cnn"} <= set(models)
     assert (COMMITTED_STORE / "DEFAULT").read_text().strip() in models
 

@@ -63,7 +63,7 @@ async def test_unexpected_failure_is_a_500_in_the_error_shape(
     client: httpx.AsyncClient,
 ) -> None:
     app = client.app  # type: ignore[attr-defined]
-    loaded = app.state.dataplane.served_default()
+    loaded = app.state.dataplane.lifecycle.served_default()
 
     class Exploding:
         def predict(self, images: object) -> object:

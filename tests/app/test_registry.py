@@ -1,4 +1,5 @@
-"""Model store discovery, card checks, hash verification and broken stores (app/registry.py)."""
+"""The store on disk (app/store.py: discovery, cards, hashes) and the registry of loaded
+versions (app/registry.py: which version serves, failures, recovery), over broken stores."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import httpx
 import pytest
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
-from app.registry import ModelCard, ModelRegistry, VersionFailed, load_saved_model
+from app.registry import ModelRegistry, load_saved_model
 from app.runtime import ModelRuntime
 from app.settings import Settings
+from app.store import ModelStore, VersionFailed
+from contract.card import ModelCard
 from tests.app.conftest import CNMC_PNGS, serve
 
 PNG = CNMC_PNGS[0].read_bytes()
@@ -36,6 +39,10 @@ def edit_card(version_dir: Path, **changes: object) -> None:
     card_path.write_text(json.dumps(card))
 
 
+def registry_of(store: Path) -> ModelRegistry:
+    return ModelRegistry(ModelStore(store))
+
+
 # --- discovery ---------------------------------------------------------------------------
 def test_discovery_ignores_temporary_and_non_integer_folders(tiny_store: Path) -> None:
     (tiny_store / "tiny" / ".tmp-3-abc").mkdir()
@@ -43,34 +50,40 @@ def test_discovery_ignores_temporary_and_non_integer_folders(tiny_store: Path) -
     (tiny_store / "tiny" / "0").mkdir()
     (tiny_store / ".hidden").mkdir()
     (tiny_store / "empty-model").mkdir()
-    assert ModelRegistry(tiny_store).models() == {"other": [1], "tiny": [1, 2]}
+    (tiny_store / "tiny" / "01").mkdir()  # leading zero: not version 1
+    (tiny_store / "tiny" / "\u00b2").mkdir()  # superscript two: not a version
+    assert ModelStore(tiny_store).models() == {"other": [1], "tiny": [1, 2]}
 
 
 def test_default_model_from_setting_file_or_only_model(tiny_store: Path, tmp_path: Path) -> None:
-    registry = ModelRegistry(tiny_store)
-    assert registry.default_model_name(None) == "tiny"
-    assert registry.default_model_name("other") == "other"
+    store = ModelStore(tiny_store)
+    assert store.default_model(None) == "tiny"
+    assert store.default_model("other") == "other"
     (tiny_store / "DEFAULT").unlink()
     with pytest.raises(ModelNotFound):
-        registry.default_model_name(None)  # two models and no DEFAULT: ambiguous
+        store.default_model(None)  # two models and no DEFAULT: ambiguous
     single = tmp_path / "single"
     shutil.copytree(tiny_store / "other", single / "other")
-    assert ModelRegistry(single).default_model_name(None) == "other"
+    assert ModelStore(single).default_model(None) == "other"
 
 
 def test_newest_version_is_selected(tiny_store: Path) -> None:
-    registry = ModelRegistry(tiny_store)
-    loaded = registry.select("tiny")
+    registry = registry_of(tiny_store)
+    loaded = registry.resolve("tiny")
     assert (loaded.name, loaded.version) == ("tiny", 2)
     assert loaded.card.files and loaded.load_seconds > 0
-    assert registry.select("tiny", pinned=1).version == 2  # already chosen: served as is
-    assert ModelRegistry(tiny_store).select("tiny", pinned=1).version == 1
+    assert registry.resolve("tiny", 1).version == 1  # an explicit version...
+    assert registry.resolve("tiny").version == 2  # ...does not change the default
+    pinned = registry_of(tiny_store)
+    pinned.pin("tiny", 1)
+    assert pinned.resolve("tiny").version == 1
+    assert pinned.refresh("tiny") is None  # a pinned model never moves
 
 
 # --- verification ------------------------------------------------------------------------
 def test_hash_mismatch_is_refused(tiny_store: Path) -> None:
     corrupt_variables(tiny_store / "tiny" / "2")
-    registry = ModelRegistry(tiny_store)
+    registry = registry_of(tiny_store)
     with pytest.raises(
         VersionFailed, match=re.escape("sha256 mismatch for variables/variables.data")
     ):
@@ -97,7 +110,7 @@ def test_broken_versions_say_why(
 ) -> None:
     damage(tiny_store / "tiny" / "2")
     with pytest.raises(VersionFailed, match=re.escape(reason)):
-        ModelRegistry(tiny_store).load("tiny", 2)
+        registry_of(tiny_store).load("tiny", 2)
 
 
 def flip_middle_byte(path: Path) -> None:
@@ -132,7 +145,7 @@ def test_tensorflow_load_errors_say_what_failed(
     version = tiny_store / "tiny" / "2"
     damage(version)
     edit_card(version, files=file_hashes(version))
-    registry = ModelRegistry(tiny_store)
+    registry = registry_of(tiny_store)
     with pytest.raises(VersionFailed) as failed:
         registry.load("tiny", 2)
     assert re.match(reason, str(failed.value)), str(failed.value)
@@ -153,7 +166,7 @@ def test_failed_version_is_verified_again_only_when_its_files_change(tiny_store:
     handler = logging.Handler()
     handler.emit = logged.append  # type: ignore[method-assign]
     logging.getLogger("leuk.store").addHandler(handler)
-    registry = ModelRegistry(tiny_store, loader=flaky_loader)
+    registry = ModelRegistry(ModelStore(tiny_store), loader=flaky_loader)
     try:
         for _ in range(3):  # later attempts see the same files: not loaded again, not logged
             with pytest.raises(VersionFailed, match=r"^load failed: RuntimeError: disk hiccup$"):
@@ -176,8 +189,8 @@ def test_failed_version_is_verified_again_only_when_its_files_change(tiny_store:
 
 def test_broken_newest_falls_back_to_last_good(tiny_store: Path) -> None:
     corrupt_variables(tiny_store / "tiny" / "2")
-    registry = ModelRegistry(tiny_store)
-    assert registry.select("tiny").version == 1
+    registry = registry_of(tiny_store)
+    assert registry.resolve("tiny").version == 1
     described = registry.describe()["tiny"]
     assert described["default_version"] == 1
     assert described["versions"]["2"]["state"] == "failed"
@@ -186,10 +199,13 @@ def test_broken_newest_falls_back_to_last_good(tiny_store: Path) -> None:
 
 def test_broken_pin_is_not_replaced(tiny_store: Path) -> None:
     corrupt_variables(tiny_store / "tiny" / "2")
+    registry = registry_of(tiny_store)
+    registry.pin("tiny", 2)
     with pytest.raises(ModelUnavailable, match="sha256 mismatch"):
-        ModelRegistry(tiny_store).select("tiny", pinned=2)
+        registry.resolve("tiny")
+    registry.pin("tiny", 9)
     with pytest.raises(VersionNotFound):
-        ModelRegistry(tiny_store).select("tiny", pinned=9)
+        registry.resolve("tiny")
 
 
 # --- the service over broken stores ------------------------------------------------------
@@ -313,11 +329,11 @@ async def test_new_versions_are_picked_up_and_broken_ones_skipped(
         dataplane = client.app.state.dataplane  # type: ignore[attr-defined]
         assert (await client.get("/health/ready")).json()["version"] == 1
         _make_version(tiny_store, aside, 2)
-        await anyio.to_thread.run_sync(dataplane.refresh)
+        await anyio.to_thread.run_sync(dataplane.lifecycle.refresh)
         assert (await client.get("/health/ready")).json()["version"] == 2
         _make_version(tiny_store, aside, 3)
         corrupt_variables(tiny_store / "tiny" / "3")
-        await anyio.to_thread.run_sync(dataplane.refresh)
+        await anyio.to_thread.run_sync(dataplane.lifecycle.refresh)
         assert (await client.get("/health/ready")).json()["version"] == 2
         health = (await client.get("/health")).json()
         assert "version 3: sha256 mismatch" in health["reason"]
@@ -334,7 +350,7 @@ async def test_pinned_service_ignores_new_versions(
 
     async with serve(make_settings(store_poll_seconds=0, model_version=1)) as client:
         _make_version(tiny_store, tiny_store / "tiny" / "2", 3)
-        await anyio.to_thread.run_sync(client.app.state.dataplane.refresh)  # type: ignore[attr-defined]
+        await anyio.to_thread.run_sync(client.app.state.dataplane.lifecycle.refresh)  # type: ignore[attr-defined]
         assert (await client.get("/health/ready")).json()["version"] == 1
 
 

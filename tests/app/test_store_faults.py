@@ -281,7 +281,7 @@ async def test_served_files_deleted_keeps_serving_from_memory_and_says_so(
         await assert_serves(client, "tiny", 2)
 
         (tiny_store / "tiny" / "2" / DATA_FILE).unlink()
-        await anyio.to_thread.run_sync(dataplane.refresh)  # at least one poll saw it
+        await anyio.to_thread.run_sync(dataplane.lifecycle.refresh)  # at least one poll saw it
         health = (await client.get("/health")).json()
         assert health["ready"] is True and health["default_version"] == 2
         assert health["reason"] == (
@@ -292,7 +292,7 @@ async def test_served_files_deleted_keeps_serving_from_memory_and_says_so(
         report("served v2 data file deleted", health, await assert_serves(client, "tiny", 2))
 
         shutil.rmtree(tiny_store / "tiny" / "2")
-        await anyio.to_thread.run_sync(dataplane.refresh)
+        await anyio.to_thread.run_sync(dataplane.lifecycle.refresh)
         health = (await client.get("/health")).json()
         assert health["reason"] == "serving version 2 from memory; files missing on disk: " + (
             "version folder"
@@ -306,7 +306,7 @@ async def test_served_files_deleted_keeps_serving_from_memory_and_says_so(
         report("served v2 folder deleted", health, await assert_serves(client, "tiny", 2))
 
         shutil.rmtree(tiny_store / "tiny")
-        await anyio.to_thread.run_sync(dataplane.refresh)
+        await anyio.to_thread.run_sync(dataplane.lifecycle.refresh)
         health = (await client.get("/health")).json()
         assert health["ready"] is True
         assert list(health["models"]["tiny"]["versions"]) == ["2"]

@@ -75,14 +75,20 @@ def test_naive_app_runs_keras_predict_on_the_real_bmp(
     assert junk.status_code == 415
 
 
-def test_resolve_default_model_takes_highest_complete_version(tmp_path: Path) -> None:
-    for folder in ("1", "3", "10", ".tmp-11-x", "abc"):
-        (tmp_path / "m" / folder).mkdir(parents=True)
-    for folder in ("1", "3", "10"):
-        (tmp_path / "m" / folder / "saved_model.pb").write_bytes(b"")
+def test_resolve_default_model_skips_what_the_service_skips(tmp_path: Path) -> None:
+    """The benchmark asks the service's registry: a newest version whose files do not verify
+    (here half-copied) is skipped, as the service skips it; folders that are not versions
+    are ignored."""
+    from tests.app.tiny_model import export_tiny_model
+
+    for version in (1, 3, 10):
+        export_tiny_model(tmp_path, "m", version, seed=version)
+    (tmp_path / "m" / ".tmp-11-x").mkdir()
+    (tmp_path / "m" / "abc").mkdir()
     (tmp_path / "DEFAULT").write_text("m\n")
-    name, version, path = resolve_default_model(tmp_path)
-    assert (name, version, path) == ("m", 10, tmp_path / "m" / "10")
+    assert resolve_default_model(tmp_path) == ("m", 10, tmp_path / "m" / "10")
+    (tmp_path / "m" / "10" / "saved_model.pb").unlink()
+    assert resolve_default_model(tmp_path) == ("m", 3, tmp_path / "m" / "3")
 
 
 def test_histogram_means_are_per_run_deltas() -> None:
