@@ -383,7 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(scratch)
         root.chmod(0o755)
         spec = docker_run(documents, args.model_store.resolve(), root, numbers)
-        report(f"docker run {' '.join(flag for flag in spec.flags if 'LEUK_API' not in flag)}")
+        report(f"docker run {' '.join(spec.flags)} {image}")  # the key itself is in a file
         docker("run", "--detach", "--name", name, *spec.flags, image)
         try:
             probe_checks(name, container, spec, numbers)
@@ -396,6 +396,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise
         finally:
             docker("rm", "--force", name, check_rc=False)
+    numbers["summary"] = (
+        "start-to-ready {start_to_ready_seconds} s, peak RSS {peak_rss_under_load_mib} MiB of "
+        "{memory_limit_mib} MiB, deletion-to-exit {deletion_to_exit_seconds} s of "
+        "{termination_grace_seconds} s, nothing lost".format(**numbers)
+    )
     return numbers
 
 

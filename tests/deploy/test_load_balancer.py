@@ -30,13 +30,15 @@ pytestmark = pytest.mark.skipif(
 def _roll(server: ServerProcess, outcomes: Counter[str], settle_s: float) -> None:
     """SIGTERM one replica, wait for it to exit, start it again, let haproxy see it up."""
     assert server.process is not None
-    before = sum(outcomes.values())
+    before, started = sum(outcomes.values()), time.monotonic()
     server.stop()
     # uvicorn re-raises SIGTERM once its graceful shutdown is done (-15 here; 0 as a
     # container's PID 1, which ignores it); -9 would be ServerProcess.stop's kill.
     assert server.process.returncode in (0, -signal.SIGTERM)
     server.start(timeout_s=180)
     time.sleep(settle_s)  # haproxy marks it up after 2 passing checks, 500 ms apart
+    took = time.monotonic() - started
+    print(f"{server.name}: stopped, restarted and back in rotation in {took:.1f} s")
     assert sum(outcomes.values()) > before, "no request completed during the roll"
 
 
