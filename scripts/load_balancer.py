@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,7 @@ def measure(replicas: int, concurrency: int, duration_s: float, workdir: Path) -
                 run_wrk(url + "/v1/classify", raw, concurrency, duration_s, 10**6), concurrency
             )
             results[label] = {
+                "load_average_1m_after": round(os.getloadavg()[0], 1),
                 "images_per_s": round(result["images_per_s"], 1),
                 "errors": result["errors"],
                 "p50_ms": round(result["latency_ms"]["p50"], 1),
