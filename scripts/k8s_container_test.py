@@ -203,9 +203,8 @@ def probe_checks(name: str, container: Manifest, run: DockerRun, numbers: dict[s
     probes = {kind: container[f"{kind}Probe"] for kind in ("startup", "readiness", "liveness")}
     for probe in probes.values():
         declared = port_number(container, probe["httpGet"]["port"])
+        # The probe asks the service's declared port inside the pod; here, the free host port.
         check(declared == run.declared_port, f"probe port {declared}, service {run.declared_port}")
-        # The probe asks the declared port inside the pod; here that is the free host port.
-        probe["httpGet"]["port"] = run.port
     startup = probes["startup"]
     budget = startup.get("initialDelaySeconds", 0) + (
         startup["periodSeconds"] * startup["failureThreshold"]
