@@ -79,10 +79,13 @@ def request(
     body: bytes | None = None,
     content_type: str | None = None,
     timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     req = urllib.request.Request(f"http://{HOST}:{port}{path}", data=body, method=None)
     if content_type:
         req.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read(), dict(resp.headers))
