@@ -122,6 +122,22 @@ class MethodNotAllowed(ServiceError):
     status_code, code, default_detail = 405, "method_not_allowed", "Method not allowed here."
 
 
+class ClientClosed(ServiceError):
+    """The client closed the connection before the response; logged, never seen by anyone.
+
+    499 is nginx's convention for this; it keeps such requests apart from answered ones."""
+
+    status_code, code = 499, "client_closed"
+    default_detail = "The client closed the connection before the response was ready."
+
+
+class BadHttpRequest(ServiceError):
+    """Raised by the HTTP server itself (app/http.py), before any route runs."""
+
+    status_code, code = 400, "bad_http_request"
+    default_detail = "Invalid HTTP request received."
+
+
 # --- 5xx: the service's state --------------------------------------------------------------
 class ModelUnavailable(ServiceError):
     status_code, code = 503, "model_unavailable"
@@ -135,6 +151,11 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status_code, code = 503, "overloaded"
     default_detail = "Too many images are waiting for inference; retry later."
+
+
+class ShuttingDown(ServiceError):
+    status_code, code = 503, "shutting_down"
+    default_detail = "The service is shutting down; retry on another instance or later."
 
 
 class ErrorBody(BaseModel):
