@@ -122,6 +122,12 @@ class MethodNotAllowed(ServiceError):
     status_code, code, default_detail = 405, "method_not_allowed", "Method not allowed here."
 
 
+class BodyTimeout(ServiceError):
+    status_code, code = 408, "body_timeout"
+    default_detail = "The request body stopped arriving (LEUK_BODY_TIMEOUT_SECONDS)."
+    reject_reason = "body_timeout"
+
+
 class ClientClosed(ServiceError):
     """The client closed the connection before the response; logged, never seen by anyone.
 
