@@ -138,7 +138,7 @@ class ClientClosed(ServiceError):
 
 
 class BadHttpRequest(ServiceError):
-    """Raised by the HTTP server itself (app/http.py), before any route runs."""
+    """Raised by the HTTP server itself (app/server.py), before any route runs."""
 
     status_code, code = 400, "bad_http_request"
     default_detail = "Invalid HTTP request received."
@@ -157,6 +157,13 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status_code, code = 503, "overloaded"
     default_detail = "Too many images are waiting for inference; retry later."
+
+
+class TooManyConnections(ServiceError):
+    """Raised by the HTTP server itself (app/server.py) at LEUK_MAX_CONCURRENCY."""
+
+    status_code, code = 503, "too_many_connections"
+    default_detail = "The server is at its connection limit; retry later."
 
 
 class ShuttingDown(ServiceError):

@@ -2,9 +2,10 @@
 
 h11, not httptools: uvicorn gives httptools no header size limit (an unterminated header
 is buffered without bound), while h11 stops at ``h11_max_incomplete_event_size``. uvicorn
-has no timeout for a slow request head, and answers a malformed request with a text/plain
-400; ``LimitedH11Protocol`` adds the first and makes the second JSON. Everything else
-(keep-alive, concurrency limit, graceful shutdown) is uvicorn's own setting.
+has no timeout for a slow request head, and answers a malformed request (400) and a request
+over its concurrency limit (503) in text/plain; ``LimitedH11Protocol`` adds the timeout and
+answers both in the service's JSON error shape. Keep-alive and the graceful-shutdown bound
+are uvicorn's own settings.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import asyncio
 from typing import Any
 
 import h11
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.errors import BadHttpRequest, ErrorBody, ErrorResponse, ServiceError
+from app.errors import BadHttpRequest, ErrorBody, ErrorResponse, ServiceError, TooManyConnections
 from app.settings import Settings
 
 
@@ -26,13 +28,30 @@ def error_bytes(error: ServiceError) -> bytes:
 
 
 class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus a request-head timeout and a JSON 400."""
+    """uvicorn's h11 protocol plus a request-head timeout, a JSON 400 and a JSON 503 at the
+    concurrency limit."""
 
     header_timeout_seconds: float = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        # uvicorn's own check would answer in text/plain: the same check, in _within_limit.
+        self._max_concurrency = self.limit_concurrency
+        self.limit_concurrency = None
+        self.app = self._within_limit(self.app)
+
+    def _within_limit(self, app: ASGIApp) -> ASGIApp:
+        async def admit(scope: Scope, receive: Receive, send: Send) -> None:
+            limit = self._max_concurrency
+            # uvicorn checks before adding the request's task; here it is already counted.
+            if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+                self.logger.warning("Exceeded concurrency limit.")
+                await _send_error(send, TooManyConnections())
+                return
+            await app(scope, receive, send)
+
+        return admit
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -77,6 +96,17 @@ class LimitedH11Protocol(H11Protocol):
         ):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+
+async def _send_error(send: Send, error: ServiceError) -> None:
+    body = error_bytes(error)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def protocol_for(settings: Settings) -> type[LimitedH11Protocol]:

@@ -124,9 +124,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         default=128,
         ge=2,
-        description="Open connections + requests in progress at which uvicorn answers new "
-        "requests with its own 503 (text/plain) instead of running them. Must exceed the "
-        "number of client connections expected in normal use.",
+        description="Open connections (or requests in progress) at which a new request gets "
+        "503 `too_many_connections` instead of running (uvicorn's limit_concurrency check). "
+        "Must exceed the number of client connections expected in normal use.",
     )
 
     # --- security ----------------------------------------------------------------------------

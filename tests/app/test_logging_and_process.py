@@ -217,7 +217,9 @@ def _read_until_closed(sock: socket.socket) -> bytes:
 def test_python_m_app_holds_the_http_edge(tiny_store: Path, tmp_path: Path) -> None:
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")
-    process = _start_server(tiny_store, port, log, LEUK_HEADER_TIMEOUT_SECONDS="1")
+    process = _start_server(
+        tiny_store, port, log, LEUK_HEADER_TIMEOUT_SECONDS="1", LEUK_MAX_CONCURRENCY="3"
+    )
     try:
         _wait_ready(process, port)
         # An unterminated header past LEUK_MAX_HEADER_BYTES (16 KiB): refused, not buffered.
@@ -232,9 +234,22 @@ def test_python_m_app_holds_the_http_edge(tiny_store: Path, tmp_path: Path) -> N
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
             assert _read_until_closed(sock) == b""
-        # The connection is free again: an ordinary request still works.
+        # At the concurrency limit (3 open connections), a request gets a JSON 503.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                busy = http.get("/health/live")
+            assert busy.status_code == 503
+            assert busy.json()["error"]["code"] == "too_many_connections"
+        finally:
+            for sock in idle:
+                sock.close()
+        # Once those connections are gone, an ordinary request works again.
+        deadline = time.monotonic() + 20
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            assert http.get("/health/live").status_code == 200
+            while (status := http.get("/health/live").status_code) != 200:
+                assert status == 503 and time.monotonic() < deadline
+                time.sleep(0.1)
     finally:
         process.terminate()
         process.communicate(timeout=60)
