@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from app.logging import LOGGER_NAME, JsonFormatter
+from app.server import LimitedH11Protocol
 from tests.app.conftest import CNMC_PNGS, REPO
 from tests.app.images import cell_like, with_damaged_exif
 
@@ -166,6 +167,10 @@ def test_python_m_app_passes_the_graceful_shutdown_bound(
     entry.main()
     assert seen["timeout_graceful_shutdown"] == 7
     assert seen["factory"] is True
+    # The HTTP limits (app/server.py) are part of the one way to start the service.
+    assert isinstance(seen["http"], type) and issubclass(seen["http"], LimitedH11Protocol)
+    assert seen["h11_max_incomplete_event_size"] == 16 * 1024
+    assert seen["limit_concurrency"] == 128 and seen["timeout_keep_alive"] == 5
 
 
 def _start_server(store: Path, port: int, log: IO[bytes], **env: str) -> subprocess.Popen[bytes]:
