@@ -138,7 +138,7 @@ class ClientClosed(ServiceError):
 
 
 class BadHttpRequest(ServiceError):
-    """Raised by the HTTP server itself (app/server.py), before any route runs."""
+    """Sent by the HTTP server itself (app/server.py) before the app sees the request."""
 
     status_code, code = 400, "bad_http_request"
     default_detail = "Invalid HTTP request received."
@@ -160,7 +160,7 @@ class Overloaded(ServiceError):
 
 
 class TooManyConnections(ServiceError):
-    """Raised by the HTTP server itself (app/server.py) at LEUK_MAX_CONCURRENCY."""
+    """Sent by the HTTP server itself (app/server.py) at LEUK_MAX_CONCURRENCY."""
 
     status_code, code = 503, "too_many_connections"
     default_detail = "The server is at its connection limit; retry later."
