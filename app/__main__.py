@@ -1,4 +1,5 @@
-"""``python -m app``: serve with uvicorn using the LEUK_* settings, logging JSON only."""
+"""``python -m app``: the one way to serve: uvicorn with the LEUK_* settings, HTTP limits and
+graceful-shutdown bound of app/server.py, logging JSON only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import uvicorn
 
+from app.server import uvicorn_options
 from app.settings import Settings
 
 
@@ -32,14 +34,11 @@ def main() -> None:
     uvicorn.run(
         "app.main:create_app",
         factory=True,
-        host=settings.host,
-        port=settings.port,
         access_log=False,  # RequestContextMiddleware writes one JSON line per request
         log_config=uvicorn_log_config(settings.log_level),
         log_level=settings.log_level.lower(),
         loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        **uvicorn_options(settings),  # h11 and every HTTP limit: app/server.py
     )
 
 

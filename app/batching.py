@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from app.errors import Overloaded
+from app.errors import Overloaded, ShuttingDown
 from app.registry import LoadedVersion
 
 BATCH_TOLERANCE = 1e-5
@@ -99,7 +99,9 @@ class Batcher:
             thread.join(timeout)
         with self._cond:
             while self._queue:
-                self._queue.popleft().future.cancel()
+                future = self._queue.popleft().future
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(ShuttingDown())
 
     @property
     def running(self) -> bool:
@@ -111,24 +113,32 @@ class Batcher:
 
     # --- submitting --------------------------------------------------------------------
     def submit(
-        self, model: LoadedVersion, pixels: NDArray[np.uint8]
-    ) -> Future[NDArray[np.float32]]:
-        """Enqueue one image; the future resolves to its probability row."""
-        future: Future[NDArray[np.float32]] = Future()
+        self, model: LoadedVersion, images: list[NDArray[np.uint8]]
+    ) -> list[Future[NDArray[np.float32]]]:
+        """Enqueue a request's images, all or none; each future resolves to its row.
+
+        A request is admitted whole or refused whole (503 before any of its images runs):
+        a partly admitted request would spend model time on images whose answer is an error.
+        """
+        futures: list[Future[NDArray[np.float32]]] = [Future() for _ in images]
         with self._cond:
             if self._stopping:
-                raise Overloaded("The service is shutting down.")
-            if len(self._queue) >= self.max_queue:
+                raise ShuttingDown()
+            if len(self._queue) + len(images) > self.max_queue:
                 raise Overloaded()
-            self._queue.append(_Item(model, pixels, future))
-            self._cond.notify()
-        return future
+            self._queue.extend(_Item(model, p, f) for p, f in zip(images, futures, strict=True))
+            self._cond.notify(len(images))
+        return futures
 
     async def predict(
         self, model: LoadedVersion, images: list[NDArray[np.uint8]]
     ) -> list[NDArray[np.float32]]:
-        """Probabilities for each image (awaited without blocking the event loop)."""
-        futures = [self.submit(model, pixels) for pixels in images]
+        """Probabilities for each image (awaited without blocking the event loop).
+
+        Cancelling the caller (its client went away) cancels the images still queued:
+        ``wrap_future`` passes the cancellation on, and the workers skip cancelled items.
+        """
+        futures = self.submit(model, images)
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     # --- the worker --------------------------------------------------------------------

@@ -122,6 +122,28 @@ class MethodNotAllowed(ServiceError):
     status_code, code, default_detail = 405, "method_not_allowed", "Method not allowed here."
 
 
+class BodyTimeout(ServiceError):
+    status_code, code = 408, "body_timeout"
+    default_detail = "The request body stopped arriving (LEUK_BODY_TIMEOUT_SECONDS)."
+    reject_reason = "body_timeout"
+
+
+class ClientClosed(ServiceError):
+    """The client closed the connection before the response; logged, never seen by anyone.
+
+    499 is nginx's convention for this; it keeps such requests apart from answered ones."""
+
+    status_code, code = 499, "client_closed"
+    default_detail = "The client closed the connection before the response was ready."
+
+
+class BadHttpRequest(ServiceError):
+    """Sent by the HTTP server itself (app/server.py) before the app sees the request."""
+
+    status_code, code = 400, "bad_http_request"
+    default_detail = "Invalid HTTP request received."
+
+
 # --- 5xx: the service's state --------------------------------------------------------------
 class ModelUnavailable(ServiceError):
     status_code, code = 503, "model_unavailable"
@@ -135,6 +157,18 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status_code, code = 503, "overloaded"
     default_detail = "Too many images are waiting for inference; retry later."
+
+
+class TooManyConnections(ServiceError):
+    """Sent by the HTTP server itself (app/server.py) at LEUK_MAX_CONCURRENCY."""
+
+    status_code, code = 503, "too_many_connections"
+    default_detail = "The server is at its connection limit; retry later."
+
+
+class ShuttingDown(ServiceError):
+    status_code, code = 503, "shutting_down"
+    default_detail = "The service is shutting down; retry on another instance or later."
 
 
 class ErrorBody(BaseModel):

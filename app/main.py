@@ -1,6 +1,6 @@
 """``create_app(settings)``: the only place the service is assembled (nothing at import time).
 
-uvicorn --factory app.main:create_app      or      python -m app
+Served by ``python -m app`` (app/__main__.py), which adds the HTTP limits of app/server.py.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -10,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import reset_request_id, set_request_id
-from app.errors import ServiceError, error_response
+from app.errors import ServiceError, ShuttingDown, error_response
 from app.logging import get_logger
 from app.metrics import Metrics
 
@@ -56,6 +57,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server cancels requests still running when the shutdown grace period ends
+            # (a disconnected client cancels only its own work: routes._unless_client_leaves).
+            # Answer them in the JSON shape instead of uvicorn's text/plain 500 + traceback.
+            if state.get("response_started"):
+                raise
+            state["error_code"] = ShuttingDown.code
+            shutting_down = ShuttingDown(headers={"Connection": "close"})
+            await error_response(shutting_down)(scope, receive, send_with_id)
         except Exception:
             # Render unexpected failures here, inside the request context, so that even a
             # 500 has the JSON error shape and the request ID.

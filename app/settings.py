@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -79,7 +79,12 @@ class Settings(BaseSettings):
         "does not starve the inference workers of CPU under load.",
     )
     max_queue: int = Field(
-        default=1024, ge=1, description="Images waiting for inference before new ones get 503."
+        default=128,
+        ge=1,
+        description="Images waiting for inference; a request whose images do not all fit gets "
+        "503 `overloaded` and none of them runs. Sized by time: the committed model clears "
+        "~30-170 images/s on 2 shared cores, so 128 images are ~1-4 s of backlog. At least "
+        "max_files, so that one full request fits in an empty queue.",
     )
 
     # --- input limits ------------------------------------------------------------------------
@@ -93,6 +98,36 @@ class Settings(BaseSettings):
         default=25_000_000,
         ge=1,
         description="Largest image (width x height) decoded; guards against decompression bombs.",
+    )
+
+    # --- HTTP edge (python -m app) ------------------------------------------------------------
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest request line + headers (h11's incomplete-event limit); an "
+        "unterminated or larger header gets 400 `bad_http_request` and the connection closes.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a complete request head this long after "
+        "connecting (or after its previous response) is closed (slow-header clients).",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait for the next chunk of a request body; a stalled upload gets "
+        "408 `body_timeout`.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections are closed after this long."
+    )
+    max_concurrency: int = Field(
+        default=128,
+        ge=2,
+        description="Open connections (or requests in progress) at which a new request gets "
+        "503 `too_many_connections` instead of running (uvicorn's limit_concurrency check). "
+        "Must exceed the number of client connections expected in normal use.",
     )
 
     # --- security ----------------------------------------------------------------------------
@@ -136,6 +171,15 @@ class Settings(BaseSettings):
         "finish for at most this long (keep it below the orchestrator's stop timeout; "
         "docker-compose.yml gives 30 s).",
     )
+
+    @model_validator(mode="after")
+    def _queue_holds_a_full_request(self) -> Settings:
+        if self.max_queue < self.max_files:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be >= max_files ({self.max_files}): "
+                "a request's images are admitted together"
+            )
+        return self
 
     @field_validator("api_keys", "cors_origins", "warmup_batch_sizes", mode="before")
     @classmethod

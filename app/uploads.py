@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
+import anyio
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.errors import (
+    BodyTimeout,
+    ClientClosed,
     EmptyBody,
     InvalidMultipart,
     MissingImages,
@@ -41,15 +44,30 @@ RAW_IMAGE_TYPES = frozenset(
 
 
 class _CountingStream:
-    """Yields the request body, raising PayloadTooLarge as soon as it passes the limit."""
+    """Yields the request body, raising PayloadTooLarge as soon as it passes the limit.
 
-    def __init__(self, request: Request, limit: int) -> None:
+    uvicorn has no body-read timeout, so a client that stops sending mid-body would hold its
+    connection and buffers for ever: each chunk must arrive within ``idle_timeout`` seconds.
+    """
+
+    def __init__(self, request: Request, limit: int, idle_timeout: float) -> None:
         self._request = request
         self._limit = limit
+        self._idle_timeout = idle_timeout
         self.received = 0
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        async for chunk in self._request.stream():
+        body = self._request.stream()
+        while True:
+            try:
+                with anyio.fail_after(self._idle_timeout):
+                    chunk = await anext(body)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise BodyTimeout() from None
+            except ClientDisconnect:
+                raise ClientClosed() from None
             self.received += len(chunk)
             if self.received > self._limit:
                 raise PayloadTooLarge(f"The request body exceeds {self._limit} bytes.")
@@ -70,14 +88,18 @@ def _declared_length(request: Request, limit: int) -> int | None:
     return length
 
 
-async def read_images(request: Request, max_bytes: int, max_files: int) -> list[bytes]:
+async def read_images(
+    request: Request, max_bytes: int, max_files: int, body_timeout: float
+) -> list[bytes]:
     """The image payloads of a classify request, in upload order."""
     if _declared_length(request, max_bytes) == 0:
         raise EmptyBody()
-    raw_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    raw_type, options = parse_options_header(request.headers.get("content-type", ""))
     content_type = raw_type.decode("latin-1").lower()
-    stream = _CountingStream(request, max_bytes)
+    stream = _CountingStream(request, max_bytes, body_timeout)
     if content_type == "multipart/form-data":
+        if not options.get(b"boundary"):
+            raise InvalidMultipart("multipart/form-data needs a boundary parameter.")
         payloads = await _read_multipart(request, stream, max_files)
     elif content_type in RAW_IMAGE_TYPES or content_type.startswith("image/"):
         payloads = [b"".join([chunk async for chunk in stream.chunks()])]

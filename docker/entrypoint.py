@@ -2,7 +2,8 @@
 
 Runs as the container's main process (exec-form ENTRYPOINT, no shell in between), so
 uvicorn's own SIGTERM handling gets `docker stop`'s signal: it stops accepting connections,
-lets in-flight requests finish, then exits 0. TensorFlow is imported once, here; the service
+lets in-flight requests finish (at most LEUK_SHUTDOWN_GRACE_SECONDS), then exits with the
+SIGTERM status (uvicorn re-raises the signal). TensorFlow is imported once, here; the service
 reuses the loaded module. Listing physical devices does not start TensorFlow's runtime, so
 the service can still set its thread pools afterwards.
 """

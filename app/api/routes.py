@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
 from app.errors import (
+    BodyTimeout,
+    ClientClosed,
     EmptyBody,
     ImageTooLarge,
     InvalidImage,
@@ -21,6 +25,7 @@ from app.errors import (
     Overloaded,
     PayloadTooLarge,
     ServiceError,
+    ShuttingDown,
     TooManyFiles,
     TruncatedImage,
     Unauthorized,
@@ -58,6 +63,8 @@ _CLASSIFY_ERRORS = openapi_errors(
     NotReady,
     ModelUnavailable,
     Overloaded,
+    ShuttingDown,
+    BodyTimeout,
 )
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
@@ -73,6 +80,7 @@ _CLASSIFY_BODY: dict[str, Any] = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                         }
                     },
                     "required": ["files"],
@@ -189,9 +197,43 @@ async def _classify(
     version: int | None,
 ) -> ClassifyResponse:
     model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
-    payloads = await read_images(request, settings.max_upload_bytes, settings.max_files)
+    payloads = await read_images(
+        request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
+    )
     request.state.n_images = len(payloads)
-    return await dataplane.classify(model, payloads, request_id)
+    return await _unless_client_leaves(
+        request, lambda: dataplane.classify(model, payloads, request_id)
+    )
+
+
+async def _unless_client_leaves(
+    request: Request, work: Callable[[], Awaitable[ClassifyResponse]]
+) -> ClassifyResponse:
+    """``work()``, cancelled if the client disconnects first (then 499 ``client_closed``, for
+    the log): nobody would read the answer, and its images still queued are never run."""
+    results: list[ClassifyResponse] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as watcher:
+        with anyio.CancelScope() as work_scope:
+            watcher.start_soon(_cancel_on_disconnect, request, work_scope)
+            try:
+                results.append(await work())
+            except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
+                errors.append(exc)
+        watcher.cancel_scope.cancel()
+    if errors:
+        raise errors[0]
+    if not results:
+        raise ClientClosed()
+    return results[0]
+
+
+async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
+    # The body has been read, so the next ASGI message is the disconnect (uvicorn sends it
+    # when the connection drops, or after the response).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 _CLASSIFY_DOC = dict(

@@ -15,7 +15,7 @@ import pytest
 from numpy.typing import NDArray
 
 from app.batching import BATCH_TOLERANCE, Batcher
-from app.errors import Overloaded
+from app.errors import Overloaded, ShuttingDown
 from app.imaging import decode_image
 from app.registry import LoadedVersion, ModelRegistry
 from app.settings import Settings
@@ -154,11 +154,32 @@ async def test_model_failure_reaches_every_waiting_request(tiny_version: LoadedV
 
 def test_full_queue_is_refused(tiny_version: LoadedVersion) -> None:
     batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, max_queue=2)  # not started
-    batcher.submit(tiny_version, cell_like(1))
-    batcher.submit(tiny_version, cell_like(2))
+    batcher.submit(tiny_version, [cell_like(1)])
+    batcher.submit(tiny_version, [cell_like(2)])
     with pytest.raises(Overloaded):
-        batcher.submit(tiny_version, cell_like(3))
+        batcher.submit(tiny_version, [cell_like(3)])
     batcher.stop()
+
+
+def test_a_request_is_admitted_whole_or_not_at_all(tiny_version: LoadedVersion) -> None:
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, max_queue=5)  # not started
+    batcher.submit(tiny_version, [cell_like(1)] * 3)
+    with pytest.raises(Overloaded):
+        batcher.submit(tiny_version, [cell_like(2)] * 3)  # 2 would fit: none is queued
+    assert batcher.queue_depth() == 3
+    batcher.submit(tiny_version, [cell_like(3)] * 2)  # exactly fills the queue
+    assert batcher.queue_depth() == 5
+    batcher.stop()
+
+
+async def test_images_still_queued_at_stop_get_shutting_down(tiny_version: LoadedVersion) -> None:
+    batcher = Batcher(max_batch_size=4, max_batch_wait_s=0.0, max_queue=5)  # not started
+    (future,) = batcher.submit(tiny_version, [cell_like(1)])
+    batcher.stop()
+    with pytest.raises(ShuttingDown):
+        future.result(timeout=5)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(tiny_version, [cell_like(2)])
 
 
 async def test_concurrent_http_requests_equal_sequential_ones(

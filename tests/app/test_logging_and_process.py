@@ -6,17 +6,21 @@ import io
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
 
 from app.logging import LOGGER_NAME, JsonFormatter
+from app.server import LimitedH11Protocol
 from tests.app.conftest import CNMC_PNGS, REPO
 from tests.app.images import cell_like, with_damaged_exif
 
@@ -163,3 +167,181 @@ def test_python_m_app_passes_the_graceful_shutdown_bound(
     entry.main()
     assert seen["timeout_graceful_shutdown"] == 7
     assert seen["factory"] is True
+    # The HTTP limits (app/server.py) are part of the one way to start the service.
+    assert isinstance(seen["http"], type) and issubclass(seen["http"], LimitedH11Protocol)
+    assert seen["h11_max_incomplete_event_size"] == 16 * 1024
+    assert seen["limit_concurrency"] == 128 and seen["timeout_keep_alive"] == 5
+
+
+def _start_server(store: Path, port: int, log: IO[bytes], **env: str) -> subprocess.Popen[bytes]:
+    """`python -m app` on 127.0.0.1:port with the store and extra LEUK_* variables; its
+    stderr goes to a file (a pipe nobody reads while the test runs would fill and block it)."""
+    full_env = {
+        **os.environ,
+        "LEUK_MODEL_STORE": str(store),
+        "LEUK_PORT": str(port),
+        "LEUK_WARMUP_BATCH_SIZES": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        while True:
+            assert process.poll() is None, "server exited"
+            try:
+                if http.get("/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.1)
+
+
+def _json_records(stderr: bytes) -> list[dict[str, object]]:
+    lines = stderr.decode().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_python_m_app_holds_the_http_edge(tiny_store: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    log = (tmp_path / "server.log").open("wb")
+    process = _start_server(
+        tiny_store, port, log, LEUK_HEADER_TIMEOUT_SECONDS="1", LEUK_MAX_CONCURRENCY="3"
+    )
+    try:
+        _wait_ready(process, port)
+        # An unterminated header past LEUK_MAX_HEADER_BYTES (16 KiB): refused, not buffered.
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000)
+            answer = _read_until_closed(sock)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
+        assert json.loads(body)["error"]["code"] == "bad_http_request"
+        # A client that never finishes its request head is disconnected (head timeout 1 s;
+        # the socket's own 20 s timeout fails the test instead).
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+            assert _read_until_closed(sock) == b""
+        # At the concurrency limit (3 open connections), a request gets a JSON 503.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+                busy = http.get("/health/live")
+            assert busy.status_code == 503
+            assert busy.json()["error"]["code"] == "too_many_connections"
+        finally:
+            for sock in idle:
+                sock.close()
+        # Once those connections are gone, an ordinary request works again.
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            while (status := http.get("/health/live").status_code) != 200:
+                assert status == 503 and time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+        log.close()
+
+
+def test_sigterm_under_load_loses_no_accepted_request(tiny_store: Path, tmp_path: Path) -> None:
+    """Every request either completes (200) or is refused before the service accepted it
+    (connection refused or closed unread, or a JSON 503); none is cut, and the process exits
+    within the grace period."""
+    port, grace, clients, per_client = _free_port(), 10, 8, 40
+    log_path = tmp_path / "server.log"
+    log = log_path.open("wb")
+    process = _start_server(
+        tiny_store,
+        port,
+        log,
+        LEUK_SHUTDOWN_GRACE_SECONDS=str(grace),
+        # Batches wait for company under load: requests are surely in flight at SIGTERM.
+        LEUK_MAX_BATCH_WAIT_MS="100",
+        LEUK_MAX_BATCH_SIZE="64",
+    )
+    files = [("files", (f"{i}.png", PNG, "image/png")) for i in range(4)]
+    completed = threading.Semaphore(0)
+    sigterm_at: list[float] = []
+    outcomes: list[tuple[str, float, float]] = []  # (outcome, sent at, answered at)
+
+    def one_client() -> None:
+        # A new connection per request: an idle keep-alive connection closed by the server
+        # while a request is being written would be a client-side race, not a lost request.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            for _ in range(per_client):
+                sent = time.monotonic()
+                try:
+                    response = http.post(
+                        "/v1/classify", files=files, headers={"Connection": "close"}
+                    )
+                except httpx.ConnectError:
+                    outcomes.append(("refused", sent, time.monotonic()))
+                    return
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    outcomes.append((f"closed: {type(exc).__name__}", sent, time.monotonic()))
+                    return
+                if response.status_code == 200:
+                    assert len(response.json()["results"]) == 4
+                    outcomes.append(("200", sent, time.monotonic()))
+                    completed.release()
+                else:
+                    code = response.json()["error"]["code"]
+                    outcomes.append((f"{response.status_code} {code}", sent, time.monotonic()))
+                    if response.status_code != 503:
+                        return
+
+    try:
+        _wait_ready(process, port)
+        threads = [threading.Thread(target=one_client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for _ in range(20):
+            assert completed.acquire(timeout=60), "no load reached the service"
+        sigterm_at.append(time.monotonic())
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=120)
+        process.wait(timeout=grace + 30)
+        exited_after = time.monotonic() - sigterm_at[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    records = _json_records(log_path.read_bytes())
+    # uvicorn re-raises the SIGTERM it handled once shut down: that is the exit status.
+    assert process.returncode == -signal.SIGTERM
+    assert "Application shutdown complete." in [r["event"] for r in records]
+    assert exited_after < grace + 5
+    kinds = {kind for kind, _, _ in outcomes}
+    assert kinds <= {"200", "refused", "503 shutting_down", "503 overloaded"} | {
+        "closed: RemoteProtocolError",
+        "closed: ReadError",
+    }, kinds
+    # Requests in flight at SIGTERM were finished, not dropped.
+    assert any(k == "200" and s < sigterm_at[0] < a for k, s, a in outcomes)
+    # Every request the service accepted was answered and reached its client: the access log
+    # has exactly as many 200s as the clients received, and nothing but 200 and 503.
+    access = [r for r in records if r["event"] == "request"]
+    classify = [r for r in access if r["route"] == "/v1/classify"]
+    assert {r["status"] for r in classify} <= {200, 503}
+    assert sum(r["status"] == 200 for r in classify) == sum(k == "200" for k, _, _ in outcomes)
+    assert not [r for r in records if r.get("exception")]

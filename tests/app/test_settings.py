@@ -52,3 +52,11 @@ def test_every_setting_is_documented_in_code_and_readme() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, name
         assert f"`LEUK_{name.upper()}`" in readme, name
+
+
+def test_the_queue_must_hold_one_full_request() -> None:
+    # Images of a request are admitted together: a queue smaller than max_files would refuse
+    # a full request even when idle.
+    with pytest.raises(ValidationError, match="max_queue"):
+        Settings(max_queue=10, max_files=11)
+    assert Settings(max_queue=11, max_files=11).max_queue == 11
