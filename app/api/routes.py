@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -87,8 +88,14 @@ _CLASSIFY_BODY: dict[str, Any] = {
 }
 
 
+# ASCII digits only, no leading zero: str.isdigit() also accepts superscripts (int() then
+# fails) and int() reads Arabic-Indic or fullwidth digits, so "01" or "\u0661" would alias
+# version 1. Nine digits at most: any real version, and no huge int() to parse.
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+
+
 def _version(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    if _VERSION.fullmatch(value) is None:
         raise VersionNotFound(f"Versions are positive integers, got {value[:20]!r}.")
     return int(value)
 
