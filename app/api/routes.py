@@ -74,9 +74,12 @@ _CLASSIFY_BODY: dict[str, Any] = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                         }
                     },
                     "required": ["files"],
+                    # Other fields are refused (422 unexpected_field), not ignored.
+                    "additionalProperties": False,
                 }
             },
             **{

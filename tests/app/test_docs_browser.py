@@ -9,25 +9,19 @@ so Selenium Manager never runs (it would download a driver).
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.app.conftest import REPO
-from tests.app.test_logging_and_process import _free_port
+from tests.app.live_service import running_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 API_KEY = "docs-test-key"
-# Generous: a busy 2-core machine, TensorFlow imports, a 1.7 MB bundle parsed by Chromium.
+# Generous: a busy 2-core machine, a 1.7 MB bundle parsed by Chromium.
 DEADLINE_S = 120
 
 pytestmark = pytest.mark.skipif(
@@ -39,40 +33,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def service_url(tiny_store: Path) -> Iterator[str]:
-    """`python -m app` on a free 127.0.0.1 port, API keys on, ready."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LEUK_MODEL_STORE": str(tiny_store),
-        "LEUK_PORT": str(port),
-        "LEUK_WARMUP_BATCH_SIZES": "1",
-        "LEUK_API_KEYS": API_KEY,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        with httpx.Client(base_url=url, timeout=10) as http:
-            while True:
-                assert process.poll() is None, "server exited"
-                try:
-                    if http.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in time"
-                time.sleep(0.1)
+    with running_service(tiny_store, LEUK_API_KEYS=API_KEY) as url:
         yield url
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
 
 
 @pytest.fixture
