@@ -24,7 +24,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry, warmup_runtime
 from app.runtime import configure_tensorflow, tune_malloc
-from app.security import DOCS_ASSETS, DOCS_PATH, ApiKeyMiddleware
+from app.security import DOCS_ASSETS, DOCS_PATH, ApiKeyMiddleware, is_open
 from app.settings import Settings
 
 _log = get_logger("lifecycle")
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (routes.health, routes.models, routes.classify, routes.operations):
         app.include_router(router)
-    _document_security(app)
+    _document_security(app, auth=bool(api_keys))
     _offline_docs(app)
 
     if api_keys:
@@ -167,9 +167,11 @@ def _offline_docs(app: FastAPI) -> None:
         )
 
 
-def _document_security(app: FastAPI) -> None:
-    """Declare the API-key schemes in OpenAPI (enforcement is ApiKeyMiddleware)."""
+def _document_security(app: FastAPI, auth: bool) -> None:
+    """Declare the API-key schemes in OpenAPI (enforcement is ApiKeyMiddleware): required
+    on every operation except the open ones when keys are configured, optional otherwise."""
     default_openapi = app.openapi
+    schemes: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"Bearer": []}]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -178,7 +180,12 @@ def _document_security(app: FastAPI) -> None:
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
             }
-            schema["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}, {}]
+            schema["security"] = schemes if auth else [*schemes, {}]
+            if auth:
+                for path, operations in schema["paths"].items():
+                    if is_open(path):
+                        for operation in operations.values():
+                            operation["security"] = []
             app.openapi_schema = schema
         return app.openapi_schema
 

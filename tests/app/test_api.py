@@ -501,6 +501,10 @@ async def test_docs_are_public_when_keys_are_on(make_settings: Callable[..., Set
         spec = (await client.get("/openapi.json")).json()
         assert spec["openapi"].startswith("3.1")
         assert_error(await client.get("/model-info"), 401, "unauthorized")
+        # The schema says what is enforced: keys required, except on the open paths.
+        assert {} not in spec["security"] and {"ApiKeyHeader": []} in spec["security"]
+        assert spec["paths"]["/health/live"]["get"]["security"] == []
+        assert "security" not in spec["paths"]["/model-info"]["get"]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.app.conftest import REPO
 from tests.app.live_service import running_service
 
@@ -27,12 +29,17 @@ MAX_EXAMPLES = 25
 RUN_TIMEOUT_S = 600
 
 
+@pytest.mark.parametrize("api_key", [None, "conformance-key"], ids=["keys-off", "keys-on"])
 def test_every_operation_conforms_to_the_openapi_schema(
-    tiny_store_template: Path, tmp_path: Path
+    tiny_store_template: Path, tmp_path: Path, api_key: str | None
 ) -> None:
+    """With keys on, the schema requires them (except on the open paths), schemathesis sends
+    one, and its ignored_auth check also sends none and a wrong one, expecting 401."""
     store = tmp_path / "model_store"
     shutil.copytree(tiny_store_template, store)
-    with running_service(store) as url:
+    env = {"LEUK_API_KEYS": api_key} if api_key else {}
+    auth = ["--header", f"X-API-Key: {api_key}"] if api_key else []
+    with running_service(store, **env) as url:
         run = subprocess.run(
             [
                 sys.executable, "-m", "schemathesis.cli",
@@ -45,6 +52,7 @@ def test_every_operation_conforms_to_the_openapi_schema(
                 "--workers", "1",
                 "--continue-on-failure",
                 "--request-timeout", "30",
+                *auth,
             ],
             cwd=tmp_path,  # its crash cache (.schemathesis/) stays out of the repository
             env={**os.environ, "PYTHONPATH": str(REPO), "SCHEMATHESIS_HOOKS": HOOKS},
