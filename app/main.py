@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,11 +25,13 @@ from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.registry import ModelRegistry, warmup_runtime
 from app.runtime import configure_tensorflow, tune_malloc
-from app.security import ApiKeyMiddleware
+from app.security import DOCS_ASSETS, DOCS_PATH, ApiKeyMiddleware, is_open
 from app.settings import Settings
 from app.store import ModelStore
 
 _log = get_logger("lifecycle")
+# Swagger UI 5 assets vendored from swagger-ui-dist (see the README there).
+SWAGGER_UI_DIR = Path(__file__).resolve().parent / "static" / "swagger-ui"
 
 DESCRIPTION = """
 Classifies a microscope image of one segmented white blood cell (C-NMC 2019 style:
@@ -37,8 +40,9 @@ Classifies a microscope image of one segmented white blood cell (C-NMC 2019 styl
 
 Research / decision-support use only; not a diagnostic device. Every error response has
 the shape `{"error": {"code", "detail", "request_id"}}`. When API keys are configured,
-every endpoint except `/health/live` and `/health/ready` needs `X-API-Key: <key>` or
-`Authorization: Bearer <key>`.
+every endpoint except `/health/live`, `/health/ready` and these docs (`/docs`, its assets,
+`/openapi.json`) needs `X-API-Key: <key>` or `Authorization: Bearer <key>` (the Authorize
+button sets it for the calls made from this page).
 """
 
 
@@ -97,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (routes.health, routes.models, routes.classify, routes.operations):
         app.include_router(router)
-    _document_security(app)
+    _document_security(app, auth=bool(api_keys))
     _offline_docs(app)
 
     if api_keys:
@@ -115,32 +119,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package's files, so the page works on
-    a network with no internet access (FastAPI's default loads it from a CDN)."""
-    import swagger_ui_bundle
+    """Swagger UI at /docs from files vendored in app/static/swagger-ui, so the page works on
+    a network with no internet access (FastAPI's default loads it from a CDN). Swagger UI 5:
+    FastAPI emits OpenAPI 3.1, which 4.x cannot render."""
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse
     from fastapi.staticfiles import StaticFiles
 
-    assets = "/docs/assets"
-    app.mount(
-        assets, StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="docs-assets"
-    )
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(SWAGGER_UI_DIR)), name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(DOCS_PATH, include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
             title=f"{app.title} - API docs",
-            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
-            swagger_css_url=f"{assets}/swagger-ui.css",
-            swagger_favicon_url=f"{assets}/favicon-32x32.png",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            # No spec validation by swagger.io's online validator (offline, and no leaks).
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
 
-def _document_security(app: FastAPI) -> None:
-    """Declare the API-key schemes in OpenAPI (enforcement is ApiKeyMiddleware)."""
+def _document_security(app: FastAPI, auth: bool) -> None:
+    """Declare the API-key schemes in OpenAPI (enforcement is ApiKeyMiddleware): required
+    on every operation except the open ones when keys are configured, optional otherwise."""
     default_openapi = app.openapi
+    schemes: list[dict[str, list[str]]] = [{"ApiKeyHeader": []}, {"Bearer": []}]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -149,7 +154,12 @@ def _document_security(app: FastAPI) -> None:
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"},
             }
-            schema["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}, {}]
+            schema["security"] = schemes if auth else [*schemes, {}]
+            if auth:
+                for path, operations in schema["paths"].items():
+                    if is_open(path):
+                        for operation in operations.values():
+                            operation["security"] = []
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -1,8 +1,14 @@
 """Optional API keys: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``.
 
-Enforced by one ASGI middleware, so no route (including /docs, /metrics and unknown
-paths) can forget it. Liveness and readiness stay open for orchestrators. Keys are
-compared with ``hmac.compare_digest`` against every configured key.
+Enforced by one ASGI middleware, so no route (including /metrics and unknown paths) can
+forget it. Open without a key: liveness and readiness (for orchestrators), and the API
+docs (`/docs`, its assets, `/openapi.json`): they hold no patient data, and a browser
+loading the page cannot attach a key to its script and stylesheet requests; the page's
+Authorize button adds the key to the API calls made from it.
+
+A request is let through when any key it presents (either header) equals a configured
+key. Keys are compared as bytes: the UTF-8 encoding of the configured key against the raw
+header value, so a non-ASCII key sent as UTF-8 matches.
 """
 
 from __future__ import annotations
@@ -13,28 +19,37 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+DOCS_PATH = "/docs"
+DOCS_ASSETS = "/docs/assets"
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", DOCS_PATH, "/openapi.json"})
+# HTTP's optional whitespace around a header value (RFC 9110 5.6.3).
+_OWS = b" \t"
 
 
-def _presented_key(scope: Scope) -> str | None:
-    headers: dict[bytes, bytes] = {k.lower(): v for k, v in scope.get("headers", [])}
-    if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1").strip()
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+def presented_keys(scope: Scope) -> list[bytes]:
+    """Every non-empty key the request carries, raw bytes (repeated headers included)."""
+    keys: list[bytes] = []
+    for name, value in scope.get("headers", []):
+        name = name.lower()
+        if name == b"x-api-key":
+            keys.append(value.strip(_OWS))
+        elif name == b"authorization":
+            scheme, _, token = value.strip(_OWS).partition(b" ")
+            if scheme.lower() == b"bearer":
+                keys.append(token.strip(_OWS))
+    return [key for key in keys if key]
 
 
-def key_is_valid(presented: str | None, keys: list[bytes]) -> bool:
-    if presented is None:
-        return False
-    candidate = presented.encode("utf-8")
+def key_is_valid(presented: list[bytes], keys: list[bytes]) -> bool:
     valid = False
-    for key in keys:  # no early exit: time does not depend on which key matched
-        valid |= hmac.compare_digest(candidate, key)
+    for candidate in presented:
+        for key in keys:  # no early exit: time does not depend on which key matched
+            valid |= hmac.compare_digest(candidate, key)
     return valid
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
 class ApiKeyMiddleware:
@@ -45,8 +60,8 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["path"] in OPEN_PATHS
-            or key_is_valid(_presented_key(scope), self.keys)
+            or is_open(scope["path"])
+            or key_is_valid(presented_keys(scope), self.keys)
         ):
             await self.app(scope, receive, send)
             return

@@ -24,7 +24,6 @@ from app.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
-    ServiceError,
     ShuttingDown,
     TooManyFiles,
     TruncatedImage,
@@ -33,10 +32,10 @@ from app.errors import (
     UnsupportedImageMode,
     UnsupportedMediaType,
     VersionNotFound,
-    error_response,
     openapi_errors,
 )
 from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
+from app.store import parse_version
 from app.uploads import read_images
 
 health = APIRouter(tags=["health"])
@@ -84,6 +83,8 @@ _CLASSIFY_BODY: dict[str, Any] = {
                         }
                     },
                     "required": ["files"],
+                    # Other fields are refused (422 unexpected_field), not ignored.
+                    "additionalProperties": False,
                 }
             },
             **{
@@ -96,9 +97,10 @@ _CLASSIFY_BODY: dict[str, Any] = {
 
 
 def _version(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    version = parse_version(value)
+    if version is None:
         raise VersionNotFound(f"Versions are positive integers, got {value[:20]!r}.")
-    return int(value)
+    return version
 
 
 # Routes that read the store from disk are plain ``def``: FastAPI runs them in its thread
@@ -285,6 +287,3 @@ async def classify_version(
 async def metrics(metrics: MetricsDep, dataplane: DataPlaneDep) -> Response:
     metrics.queue_depth.set(dataplane.batcher.queue_depth())
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-__all__ = ["ServiceError", "classify", "error_response", "health", "models", "operations"]

@@ -81,6 +81,35 @@ async def test_model_info_by_name_and_version(client: httpx.AsyncClient) -> None
     assert_error(await client.get("/v1/models/tiny/versions/x"), 404, "version_not_found")
 
 
+@pytest.mark.parametrize(
+    "version",
+    [
+        "%C2%B2",  # superscript two: str.isdigit() is True, int() raises
+        "%D9%A1",  # Arabic-Indic one: int() reads it as 1
+        "%EF%BC%91",  # fullwidth one
+        "01",  # leading zero would alias version 1
+        "0",
+        "-1",
+        "+1",
+        "1%20",
+        "1_0",
+        "9" * 10,  # longer than any version: never parsed
+        "9" * 5000,
+    ],
+)
+async def test_only_plain_ascii_versions_name_a_version(
+    client: httpx.AsyncClient, version: str
+) -> None:
+    assert_error(await client.get(f"/v1/models/tiny/versions/{version}"), 404, "version_not_found")
+    classify = await client.post(
+        f"/v1/models/tiny/versions/{version}/classify",
+        content=PNG,
+        headers={"content-type": "image/png"},
+    )
+    assert_error(classify, 404, "version_not_found")
+    assert (await client.get("/v1/models/tiny/versions/1")).status_code == 200
+
+
 # --- classify ----------------------------------------------------------------------------
 async def test_classify_raw_png(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
@@ -424,11 +453,11 @@ async def test_auth_on(make_settings: Callable[..., Settings], tmp_path: Path) -
             ("GET", "/metrics"),
             ("GET", "/model-info"),
             ("GET", "/v1/models"),
-            ("GET", "/docs"),
-            ("GET", "/docs/assets/swagger-ui.css"),
-            ("GET", "/openapi.json"),
             ("POST", "/v1/classify"),
             ("GET", "/nope"),
+            ("GET", "/docs/assets"),
+            ("GET", "/docsx"),
+            ("GET", "/openapi.json/x"),
         ]:
             assert_error(await client.request(method, path), 401, "unauthorized")
         assert_error(
@@ -458,6 +487,73 @@ async def test_auth_on(make_settings: Callable[..., Settings], tmp_path: Path) -
             )
             == 1
         )
+
+
+async def test_docs_are_public_when_keys_are_on(make_settings: Callable[..., Settings]) -> None:
+    """A browser cannot attach a key to the page's script and stylesheet requests: the docs
+    (no patient data in them) stay open; the API calls made from the page need a key."""
+    async with serve(make_settings(api_keys=["k"])) as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+            assert (await client.get(f"/docs/assets/{asset}")).status_code == 200, asset
+        assert_error(await client.get("/docs/assets/nope.js"), 404, "not_found")
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["openapi"].startswith("3.1")
+        assert_error(await client.get("/model-info"), 401, "unauthorized")
+        # The schema says what is enforced: keys required, except on the open paths.
+        assert {} not in spec["security"] and {"ApiKeyHeader": []} in spec["security"]
+        assert spec["paths"]["/health/live"]["get"]["security"] == []
+        assert "security" not in spec["paths"]["/model-info"]["get"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"x-api-key": "", "authorization": "Bearer good"}, 200),
+        ({"x-api-key": "wrong", "authorization": "Bearer good"}, 200),
+        ({"x-api-key": "good", "authorization": "Bearer wrong"}, 200),
+        ({"x-api-key": "  good  "}, 200),
+        ({"authorization": "bearer good"}, 200),
+        ({"x-api-key": "", "authorization": "Bearer "}, 401),
+        ({"x-api-key": "wrong", "authorization": "Bearer wrong"}, 401),
+        ({"authorization": "Basic good"}, 401),
+        ({"x-api-key": "goodx"}, 401),
+    ],
+)
+async def test_a_valid_key_in_either_header_authenticates(
+    make_settings: Callable[..., Settings], headers: dict[str, str], status: int
+) -> None:
+    async with serve(make_settings(api_keys=["good"])) as client:
+        response = await client.get("/model-info", headers=headers)
+        if status == 200:
+            assert response.status_code == 200, response.text
+        else:
+            assert_error(response, status, "unauthorized")
+
+
+async def test_non_ascii_keys_match_their_utf8_bytes(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text("clé-fichier-ü\n", encoding="utf-8")
+    monkeypatch.setenv("LEUK_API_KEYS", "ключ-env")
+    settings = Settings(
+        model_store=make_settings().model_store,
+        warmup_batch_sizes=[1],
+        store_poll_seconds=0,
+        api_keys_file=key_file,
+    )
+    assert settings.load_api_keys() == ["ключ-env", "clé-fichier-ü"]
+    async with serve(settings) as client:
+        for key in ("ключ-env", "clé-fichier-ü"):
+            raw = key.encode("utf-8")  # httpx refuses non-ASCII str header values
+            for headers in ({"x-api-key": raw}, {"authorization": b"Bearer " + raw}):
+                response = await client.get("/model-info", headers=headers)
+                assert response.status_code == 200, (key, response.text)
+        # The same key read as Latin-1 bytes is another key.
+        latin1 = {"x-api-key": "clé-fichier-ü".encode("latin-1")}
+        assert_error(await client.get("/model-info", headers=latin1), 401, "unauthorized")
 
 
 async def test_cors_off_unless_configured(make_settings: Callable[..., Settings]) -> None:
@@ -513,4 +609,8 @@ async def test_openapi_documents_every_endpoint_and_errors(client: httpx.AsyncCl
         assert f'"/docs/assets/{asset}"' in docs.text
         served = await client.get(f"/docs/assets/{asset}")
         assert served.status_code == 200 and len(served.content) > 10_000, asset
+    assert spec["openapi"].startswith("3.1")
+    # Swagger UI 4.x cannot render OpenAPI 3.1 ("Unable to render this definition").
+    bundle = (await client.get("/docs/assets/swagger-ui-bundle.js")).text
+    assert re.search(r'PACKAGE_VERSION:"5\.\d+\.\d+"', bundle), "not Swagger UI 5"
     assert (await client.get("/redoc")).status_code == 404

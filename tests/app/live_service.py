@@ -1,0 +1,66 @@
+"""`python -m app` as a real process on a free 127.0.0.1 port, for tests that need a socket
+(a browser, schemathesis over HTTP)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.app.conftest import REPO
+
+# Generous: TensorFlow imports and the warm-up on a busy 2-core machine.
+READY_DEADLINE_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_service(model_store: Path, **env: str) -> Iterator[str]:
+    """Base URL of the service once /health/ready answers 200; stopped (SIGTERM) after.
+
+    ``env``: extra ``LEUK_*`` settings, e.g. ``LEUK_API_KEYS="k"``.
+    """
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "LEUK_MODEL_STORE": str(model_store),
+            "LEUK_PORT": str(port),
+            "LEUK_WARMUP_BATCH_SIZES": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_DEADLINE_S
+        with httpx.Client(base_url=url, timeout=10) as http:
+            while True:
+                assert process.poll() is None, "server exited"
+                try:
+                    if http.get("/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "not ready in time"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
