@@ -64,6 +64,12 @@ class ImageTooLarge(ServiceError):
     reject_reason = "image_too_large"
 
 
+class RequestTooLargeDecoded(ServiceError):
+    status_code, code = 413, "request_too_large_decoded"
+    default_detail = "The request's images together have more pixels than allowed."
+    reject_reason = "request_too_large_decoded"
+
+
 class PayloadTooLarge(ServiceError):
     status_code, code = 413, "payload_too_large"
     default_detail = "The request body is larger than allowed."
@@ -135,6 +141,11 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status_code, code = 503, "overloaded"
     default_detail = "Too many images are waiting for inference; retry later."
+
+
+class DecodeMemoryBusy(ServiceError):
+    status_code, code = 503, "decode_memory_busy"
+    default_detail = "Other requests' images fill the decoding memory budget; retry shortly."
 
 
 class ErrorBody(BaseModel):

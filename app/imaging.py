@@ -1,8 +1,12 @@
 """Decoding and input checks: bytes -> RGB uint8 pixels, plus the out-of-distribution flag.
 
-Only BMP, PNG, JPEG and TIFF decoders are ever tried. The pixel count is checked from the
-header before any pixel is decoded (decompression-bomb guard), EXIF orientation is applied,
-and every supported pixel format is converted to 8-bit RGB:
+Only BMP, PNG, JPEG and TIFF decoders are ever tried. Decoding is two steps so that callers
+can budget memory between them: ``open_image`` reads the header only (the pixel count is
+checked there, before any pixel is decoded: decompression-bomb guard), ``decode_opened``
+decodes. Images with a side over ``MAX_DECODED_SIDE`` are reduced by an integer factor right
+after decoding (JPEG: inside the decoder, via ``draft``), EXIF orientation is applied (read
+with bounded work: an EXIF block or TIFF directory with more than ``MAX_IFD_ENTRIES``
+entries is not parsed), and every supported pixel format is converted to 8-bit RGB:
 
 - ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV``: Pillow's conversion to RGB.
 - ``RGBA``/``LA``/``PA``/palette with transparency: composited onto **black**, because the
@@ -15,17 +19,39 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
-from app.logging import collect_warnings
+from app.logging import WarningNotes, collect_warnings
 
 ALLOWED_FORMATS = ("BMP", "PNG", "JPEG", "TIFF")
-EXPECTED_SIZE = (450, 450)
+EXPECTED_SIDE = 450  # C-NMC cells: 450x450, the cell segmented on a black background
+# Geometry the model can judge: both sides within +-5 % of 450 and near-square. The model
+# resizes its input to 450x450 itself, so inside this band the cell scale changes by at most
+# 5 %; outside it the cell is drawn at a scale the model never saw (a cell on a 900x900
+# canvas is half as big once resized) and the image is flagged, not normalised.
+MIN_SIDE, MAX_SIDE = 428, 472
+MAX_ASPECT = 1.05
+# Larger images are reduced (JPEG: while decoding) before conversion so that no
+# multi-megapixel array reaches the batcher; they are outside the band above, so flagged.
+MAX_DECODED_SIDE = 900
+_AVERAGEABLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I"})
 EXIF_ORIENTATION = 0x0112
+# ImageOps.exif_transpose's mapping; applied after the downscale, on the small image.
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+MAX_IFD_ENTRIES = 512  # real EXIF/TIFF first directories hold tens of entries
 
 # Out-of-distribution rule, calibrated on /work/shared/data (scripts/calibrate_ood.py):
 # all 2,662 C-NMC images have >= 96.1 % near-black border and 6.8-25 % foreground; all 80
@@ -61,28 +87,62 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode and check one image; raises a ``ServiceError`` subclass for unusable input.
 
     A file that decodes although the decoder warned about it (damaged metadata, tags that
-    point past the end of the file) gets a ``damaged_file: <decoder's words>`` warning
-    (collected through the warnings hook the service installs at start-up, app.logging).
+    point past the end of the file) gets ``damaged_file: <decoder's words>`` warnings
+    (collected through the warnings hook the service installs at start-up, app.logging; at
+    most ``app.logging.MAX_NOTES`` distinct ones, then one saying how many more there were).
     """
+    return decode_opened(open_image(data, max_pixels))
+
+
+@dataclass
+class OpenedImage:
+    """An image whose header was read (Pillow is lazy: no pixel decoded yet)."""
+
+    image: Image.Image
+    source_format: str
+    source_mode: str
+    source_size: tuple[int, int]  # (width, height) declared by the header
+    notes: WarningNotes  # decoder warnings raised while reading the header
+
+    @property
+    def declared_pixels(self) -> int:
+        return self.source_size[0] * self.source_size[1]
+
+    @property
+    def decoded_size(self) -> tuple[int, int]:
+        """Size of the pixels kept for inference (after the early downscale)."""
+        return _reduced_size(self.image.size, _reduce_factor(self.image.size))
+
+    @property
+    def decode_bytes(self) -> int:
+        """Upper estimate of the memory decoding takes at its peak: Pillow's buffer at up to
+        4 bytes a pixel, plus the conversions to RGB (up to 12 bytes a kept pixel: the
+        uint16 copies of alpha compositing)."""
+        width, height = self.image.size  # after the JPEG draft, which scales in the decoder
+        kept_width, kept_height = self.decoded_size
+        return 4 * width * height + 12 * kept_width * kept_height
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the RGB pixels kept until the request is answered."""
+        kept_width, kept_height = self.decoded_size
+        return 3 * kept_width * kept_height
+
+
+def open_image(data: bytes, max_pixels: int) -> OpenedImage:
+    """Read the header only: format, mode and size; refuses more than ``max_pixels``."""
     if not data:
         raise InvalidImage("An uploaded image is empty.")
-    with collect_warnings() as decoder_notes:
-        pixels, source_format, source_mode = _decode(data, max_pixels)
-    check = check_input(pixels)
-    check.warnings[:0] = [f"damaged_file: {note}" for note in dict.fromkeys(decoder_notes)]
-    return DecodedImage(pixels, source_format, source_mode, check)
-
-
-def _decode(data: bytes, max_pixels: int) -> tuple[NDArray[np.uint8], str, str]:
-    """Pixels, source format and source pixel mode."""
-    try:
-        image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError as exc:
-        raise InvalidImage() from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge() from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImage() from exc
+    _refuse_absurd_tiff_directory(data)
+    with collect_warnings() as notes:
+        try:
+            image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError as exc:
+            raise InvalidImage() from exc
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge() from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidImage() from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(
@@ -90,20 +150,108 @@ def _decode(data: bytes, max_pixels: int) -> tuple[NDArray[np.uint8], str, str]:
         )
     if width == 0 or height == 0:
         raise InvalidImage("The image has no pixels.")
-    source_format, source_mode = str(image.format), image.mode
+    if image.format == "JPEG" and max(width, height) > MAX_DECODED_SIDE:
+        # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: the full-size pixels
+        # never exist in memory. draft keeps at least the requested size.
+        factor = _reduce_factor(image.size)
+        image.draft(None, (max(1, width // factor), max(1, height // factor)))
+    return OpenedImage(image, str(image.format), image.mode, (width, height), notes)
+
+
+def decode_opened(opened: OpenedImage) -> DecodedImage:
+    """Pixels of an opened image, downscaled when large, then the input checks."""
+    with collect_warnings() as notes:
+        pixels = _decode(opened.image, notes)
+    notes = notes.after(opened.notes)
+    check = check_input(pixels, opened.source_size)
+    damage = [f"damaged_file: {text}" for text in notes.texts]
+    if notes.more:
+        damage.append(f"damaged_file: {notes.more} more decoder warnings not listed")
+    width, height = opened.source_size
+    if max(pixels.shape[:2]) < max(width, height):  # JPEG draft or _reduce
+        damage.append(
+            f"downscaled: {width}x{height} was reduced to {pixels.shape[1]}x{pixels.shape[0]} "
+            f"before inference (images over {MAX_DECODED_SIDE} pixels a side are)"
+        )
+    check.warnings[:0] = damage
+    return DecodedImage(pixels, opened.source_format, opened.source_mode, check)
+
+
+def _decode(image: Image.Image, notes: WarningNotes) -> NDArray[np.uint8]:
+    """RGB pixels, orientation applied, reduced when large."""
     try:
         image.load()
-        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose always copies
-            image = ImageOps.exif_transpose(image)
+        orientation = _exif_orientation(image, notes)
+        factor = _reduce_factor(image.size)
+        if factor > 1:
+            image = _reduce(image, factor)
+        if orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[orientation])
         pixels = _to_rgb(image)
     except UnsupportedImageMode:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports a short read as OSError("image file is truncated ...").
         raise TruncatedImage() from exc
-    except Image.DecompressionBombError as exc:  # pragma: no cover - checked above
+    except Image.DecompressionBombError as exc:  # pragma: no cover - checked at open
         raise ImageTooLarge() from exc
-    return pixels, source_format, source_mode
+    return pixels
+
+
+def _reduce_factor(size: tuple[int, int]) -> int:
+    """Smallest integer factor bringing the longer side to at most MAX_DECODED_SIDE."""
+    return max(1, -(-max(size) // MAX_DECODED_SIDE))
+
+
+def _reduced_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    return (max(1, -(-size[0] // factor)), max(1, -(-size[1] // factor)))
+
+
+def _reduce(image: Image.Image, factor: int) -> Image.Image:
+    """Box-average by ``factor``; modes whose values are not intensities (palette indices,
+    1-bit) or that ``reduce`` refuses (16-bit) are sampled instead."""
+    if image.mode in _AVERAGEABLE_MODES:
+        return image.reduce(factor)
+    return image.resize(_reduced_size(image.size, factor), Image.Resampling.NEAREST)
+
+
+def _exif_orientation(image: Image.Image, notes: WarningNotes) -> int:
+    """The EXIF orientation tag (1: as stored). An EXIF block declaring more than
+    ``MAX_IFD_ENTRIES`` entries is damaged: it is not parsed (parsing it costs a Python
+    warning per broken entry), and a warning says so."""
+    raw = image.info.get("exif")
+    if isinstance(raw, bytes):
+        count = _ifd0_entry_count(raw.removeprefix(b"Exif\x00\x00"))
+        if count is not None and count > MAX_IFD_ENTRIES:
+            notes.add(
+                f"EXIF block declares {count} entries (at most {MAX_IFD_ENTRIES} are read); "
+                "EXIF ignored, orientation not applied"
+            )
+            return 1
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) else 1
+
+
+def _ifd0_entry_count(block: bytes) -> int | None:
+    """Entry count of the first directory of a TIFF-structured block (a TIFF file or an
+    EXIF block); None when the block is not one."""
+    if len(block) < 8 or block[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    order: Literal["little", "big"] = "little" if block[:2] == b"II" else "big"
+    offset = int.from_bytes(block[4:8], order)
+    if offset + 2 > len(block):
+        return None
+    return int.from_bytes(block[offset : offset + 2], order)
+
+
+def _refuse_absurd_tiff_directory(data: bytes) -> None:
+    """Pillow parses a TIFF's first directory when it opens the file, one Python warning per
+    broken entry: refuse a directory no real image has before that work starts."""
+    count = _ifd0_entry_count(data)
+    if count is not None and count > MAX_IFD_ENTRIES:
+        raise InvalidImage(
+            f"The TIFF directory declares {count} entries; at most {MAX_IFD_ENTRIES} are read."
+        )
 
 
 def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
@@ -134,8 +282,14 @@ def _composite_on_black(rgba: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return np.ascontiguousarray(rgb.astype(np.uint8))
 
 
-def check_input(pixels: NDArray[np.uint8]) -> InputCheck:
+def check_input(
+    pixels: NDArray[np.uint8], source_size: tuple[int, int] | None = None
+) -> InputCheck:
     """Does this look like a C-NMC segmented single cell (a cell on a black background)?
+
+    Geometry first, on ``source_size`` (the size in the file, before any downscale; default:
+    the pixels' size): ``too_small`` when a side is under ``MIN_SIDE``, ``unexpected_size``
+    when a side is over ``MAX_SIDE`` or the image is not near-square (``MAX_ASPECT``).
 
     Two cheap features on a strided sample: the fraction of near-black pixels in the outer
     10 % band (C-NMC: the background, so ~1) and the fraction of non-black pixels overall (the
@@ -144,6 +298,7 @@ def check_input(pixels: NDArray[np.uint8]) -> InputCheck:
     the probabilities are still returned but should not be trusted.
     """
     height, width = pixels.shape[:2]
+    reasons, notes = _geometry(source_size or (width, height))
     stride = max(1, min(height, width) // SAMPLE_SIDE)
     sample = pixels[::stride, ::stride]
     # Channel-wise maximum: ~20x faster than .max(axis=2) on a strided view.
@@ -155,16 +310,12 @@ def check_input(pixels: NDArray[np.uint8]) -> InputCheck:
     border_dark = (int(dark.sum()) - int(interior.sum())) / max(1, dark.size - interior.size)
     foreground = 1.0 - float(dark.mean())
 
-    reasons: list[str] = []
     if border_dark < MIN_BORDER_DARK:
         reasons.append("no_black_background")
     if foreground < MIN_FOREGROUND:
         reasons.append("no_cell_visible")
     elif foreground > MAX_FOREGROUND:
         reasons.append("foreground_too_large")
-    notes: list[str] = []
-    if (width, height) != EXPECTED_SIZE:
-        notes.append(f"unexpected_size: {width}x{height}, C-NMC images are 450x450")
     return InputCheck(
         out_of_distribution=bool(reasons),
         reasons=reasons,
@@ -172,3 +323,19 @@ def check_input(pixels: NDArray[np.uint8]) -> InputCheck:
         border_dark_fraction=round(border_dark, 4),
         foreground_fraction=round(foreground, 4),
     )
+
+
+def _geometry(size: tuple[int, int]) -> tuple[list[str], list[str]]:
+    """Reason codes and the warning explaining them, for an image of ``size`` (w, h)."""
+    short, long = sorted(size)
+    if short < MIN_SIDE:
+        reason = "too_small"
+    elif long > MAX_SIDE or long > short * MAX_ASPECT:
+        reason = "unexpected_size"
+    else:
+        return [], []
+    width, height = size
+    return [reason], [
+        f"{reason}: {width}x{height}; the model was trained on {EXPECTED_SIDE}x{EXPECTED_SIDE} "
+        f"cells (accepted: sides {MIN_SIDE}-{MAX_SIDE}, near-square)"
+    ]

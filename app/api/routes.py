@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
 from app.errors import (
+    DecodeMemoryBusy,
     EmptyBody,
     ImageTooLarge,
     InvalidImage,
@@ -20,6 +21,7 @@ from app.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    RequestTooLargeDecoded,
     ServiceError,
     TooManyFiles,
     TruncatedImage,
@@ -48,6 +50,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     VersionNotFound,
     PayloadTooLarge,
     ImageTooLarge,
+    RequestTooLargeDecoded,
     TooManyFiles,
     UnsupportedMediaType,
     InvalidImage,
@@ -58,6 +61,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     NotReady,
     ModelUnavailable,
     Overloaded,
+    DecodeMemoryBusy,
 )
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
+import re
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
 from app.imaging import check_input, decode_image
+from app.logging import MAX_NOTES
 from tests.app.conftest import CNMC_BMP, CNMC_PNGS, OOD_JPEGS
 from tests.app.images import cell_like, encode, with_damaged_exif
 
@@ -246,10 +251,145 @@ def test_black_and_full_frames_are_flagged() -> None:
     assert check_input(big).reasons == ["foreground_too_large"]
 
 
-def test_unexpected_size_is_a_warning_not_a_flag() -> None:
-    check = check_input(cell_like(10, size=300))
-    assert not check.out_of_distribution
-    assert check.warnings and check.warnings[0].startswith("unexpected_size")
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [((8, 8), "too_small"), ((32, 32), "too_small"), ((450, 1), "too_small"),
+     ((300, 300), "too_small"), ((427, 450), "too_small"), ((900, 900), "unexpected_size"),
+     ((473, 473), "unexpected_size"), ((470, 440), "unexpected_size")],
+)  # fmt: skip
+def test_sizes_the_model_was_not_trained_on_are_flagged(size: tuple[int, int], reason: str) -> None:
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    cell = cell_like(10, size=min(size))
+    pixels[: cell.shape[0], : cell.shape[1]] = cell  # a cell that passes the content checks
+    check = decode_image(encode(pixels, "PNG"), LIMIT).check
+    assert check.out_of_distribution
+    assert check.reasons[0] == reason
+    assert check.warnings[0].startswith(f"{reason}: {width}x{height}")
+
+
+@pytest.mark.parametrize("size", [(450, 450), (428, 428), (472, 472), (460, 440), (440, 460)])
+def test_sizes_near_450_square_are_accepted(size: tuple[int, int]) -> None:
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:428, :428] = cell_like(10, size=428)
+    check = decode_image(encode(pixels, "PNG"), LIMIT).check
+    assert not check.out_of_distribution, check
+    assert check.warnings == []
+
+
+def test_real_cell_on_a_large_black_canvas_is_flagged() -> None:
+    # The review's case: a genuine C-NMC cell padded to 900x900 changes label once the model
+    # resizes it (the cell is half as big); its content alone still looks like a C-NMC cell.
+    cell = np.asarray(Image.open(CNMC_BMP).convert("RGB"))
+    canvas = np.zeros((900, 900, 3), dtype=np.uint8)
+    canvas[225:675, 225:675] = cell
+    check = decode_image(encode(canvas, "PNG"), LIMIT).check
+    assert check.out_of_distribution
+    assert check.reasons == ["unexpected_size"]
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"),
+                                           ("PNG", "I;16"), ("TIFF", "RGBA")])  # fmt: skip
+def test_large_images_are_downscaled_before_inference_and_flagged(fmt: str, mode: str) -> None:
+    pixels = np.zeros((2400, 3000, 3), dtype=np.uint8)
+    pixels[1000:1400, 1300:1700] = 200
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        image = image.quantize(colors=4)
+    elif mode == "I;16":
+        image = Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257)
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+    decoded = decode_image(encode(image, fmt), LIMIT)
+    assert decoded.pixels.shape == (600, 750, 3)  # 3000x2400 reduced by 4 (longest <= 900)
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.flags["C_CONTIGUOUS"]
+    assert abs(int(decoded.pixels[250, 375, 0]) - 200) <= 3  # the bright square survives
+    assert decoded.pixels[:100, :100].max() <= 3
+    assert decoded.check.out_of_distribution
+    assert decoded.check.reasons[0] == "unexpected_size"
+    assert any(w.startswith("downscaled: 3000x2400 was reduced to 750x600") for w in
+               decoded.check.warnings)  # fmt: skip
+
+
+def test_exif_orientation_is_applied_after_the_downscale() -> None:
+    pixels = np.zeros((1000, 2000, 3), dtype=np.uint8)
+    pixels[:, :1000] = 255  # white left half, wide image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(encode(Image.fromarray(pixels), "PNG", exif=exif), LIMIT).pixels
+    assert decoded.shape == (667, 334, 3)  # reduced by 3 (to 667x334), then rotated: tall
+    assert decoded[:300].mean() > 200 and decoded[-300:].mean() < 50
+
+
+def _exif_with_entries(count: int) -> bytes:
+    """An EXIF block whose first directory declares ``count`` entries, each an UNDEFINED
+    200-byte value inside the block: once their sizes add up past the block's length,
+    Pillow warns "Tag data larger than file. Skipping tag N" for every further entry."""
+    entries = b"".join(
+        (i + 1).to_bytes(2, "little") + (7).to_bytes(2, "little")
+        + (200).to_bytes(4, "little") + (8).to_bytes(4, "little")
+        for i in range(count)
+    )  # fmt: skip
+    return (
+        b"II*\x00" + (8).to_bytes(4, "little") + count.to_bytes(2, "little") + entries + b"\0" * 4
+    )
+
+
+@pytest.fixture
+def warning_records() -> Iterator[list[logging.LogRecord]]:
+    """Records the warnings hook writes (leuk.warnings), however the logger is configured."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("leuk.warnings")
+    handler = Keep()
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_exif_block_with_65535_entries_costs_bounded_work_and_output(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    data = encode(cell_like(12), "PNG", exif=_exif_with_entries(65535))
+    started = time.process_time()
+    decoded = decode_image(data, LIMIT)
+    assert time.process_time() - started < 2.0  # generous: unbounded, it took 1.3 s and more
+    assert len(warning_records) <= 10  # unbounded: 61,603 lines (one per broken entry)
+    assert np.array_equal(decoded.pixels, cell_like(12))
+    assert decoded.check.warnings == [
+        "damaged_file: EXIF block declares 65535 entries (at most 512 are read); "
+        "EXIF ignored, orientation not applied"
+    ]
+
+
+def test_warnings_of_one_damaged_block_are_capped_per_image(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    # 400 entries: parsed (under the entry cap), ~300 distinct warnings.
+    data = encode(cell_like(12), "PNG", exif=_exif_with_entries(400))
+    warnings = decode_image(data, LIMIT).check.warnings
+    assert len(warnings) == MAX_NOTES + 1
+    assert all(w.startswith("damaged_file: Tag data larger than file") for w in warnings[:-1])
+    assert re.fullmatch(r"damaged_file: \d+ more decoder warnings not listed", warnings[-1])
+    logged = [r for r in warning_records if r.getMessage() == "python warning"]
+    (summary,) = [r for r in warning_records if r.getMessage() == "python warnings suppressed"]
+    assert len(logged) == MAX_NOTES
+    assert summary.suppressed > 250  # type: ignore[attr-defined]
+
+
+def test_tiff_with_an_absurd_directory_is_refused_before_parsing() -> None:
+    data = bytearray(encode(cell_like(12, size=64), "TIFF"))
+    ifd = int.from_bytes(data[4:8], "little")
+    data[ifd : ifd + 2] = (65535).to_bytes(2, "little")
+    started = time.process_time()
+    with pytest.raises(InvalidImage, match="65535 entries"):
+        decode_image(bytes(data), LIMIT)
+    assert time.process_time() - started < 2.0
 
 
 def test_decoded_pixels_are_contiguous_uint8() -> None:
