@@ -3,8 +3,8 @@
 Only BMP, PNG, JPEG and TIFF decoders are ever tried. Decoding is two steps so that callers
 can budget memory between them: ``open_image`` reads the header only (the pixel count is
 checked there, before any pixel is decoded: decompression-bomb guard), ``decode_opened``
-decodes. Images with a side over ``MAX_DECODED_SIDE`` are reduced by an integer factor right
-after decoding (JPEG: inside the decoder, via ``draft``), EXIF orientation is applied (read
+decodes. Images with a side over ``MAX_DECODED_SIDE`` are downscaled to a longer side of 450
+right after decoding (JPEG: inside the decoder, via ``draft``), EXIF orientation is applied (read
 with bounded work: an EXIF block or TIFF directory with more than ``MAX_IFD_ENTRIES``
 entries is not parsed), and every supported pixel format is converted to 8-bit RGB:
 
@@ -36,9 +36,11 @@ EXPECTED_SIDE = 450  # C-NMC cells: 450x450, the cell segmented on a black backg
 # canvas is half as big once resized) and the image is flagged, not normalised.
 MIN_SIDE, MAX_SIDE = 428, 472
 MAX_ASPECT = 1.05
-# Larger images are reduced (JPEG: while decoding) before conversion so that no
-# multi-megapixel array reaches the batcher; they are outside the band above, so flagged.
-MAX_DECODED_SIDE = 900
+# Images with a side over MAX_SIDE (flagged anyway) are downscaled right after decoding
+# (JPEG: inside the decoder) so that their longer side is EXPECTED_SIDE: nothing larger
+# than a C-NMC image reaches the batcher or the model. The model would resize them to
+# 450x450 itself, so this changes their result little; it bounds the memory they take.
+MAX_DECODED_SIDE = MAX_SIDE
 _AVERAGEABLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I"})
 EXIF_ORIENTATION = 0x0112
 # ImageOps.exif_transpose's mapping; applied after the downscale, on the small image.
@@ -111,7 +113,7 @@ class OpenedImage:
     @property
     def decoded_size(self) -> tuple[int, int]:
         """Size of the pixels kept for inference (after the early downscale)."""
-        return _reduced_size(self.image.size, _reduce_factor(self.image.size))
+        return _downscaled_size(self.image.size)
 
     @property
     def decode_bytes(self) -> int:
@@ -153,8 +155,7 @@ def open_image(data: bytes, max_pixels: int) -> OpenedImage:
     if image.format == "JPEG" and max(width, height) > MAX_DECODED_SIDE:
         # The JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: the full-size pixels
         # never exist in memory. draft keeps at least the requested size.
-        factor = _reduce_factor(image.size)
-        image.draft(None, (max(1, width // factor), max(1, height // factor)))
+        image.draft(None, _downscaled_size(image.size))
     return OpenedImage(image, str(image.format), image.mode, (width, height), notes)
 
 
@@ -168,10 +169,10 @@ def decode_opened(opened: OpenedImage) -> DecodedImage:
     if notes.more:
         damage.append(f"damaged_file: {notes.more} more decoder warnings not listed")
     width, height = opened.source_size
-    if max(pixels.shape[:2]) < max(width, height):  # JPEG draft or _reduce
+    if max(pixels.shape[:2]) < max(width, height):  # JPEG draft or _downscale
         damage.append(
             f"downscaled: {width}x{height} was reduced to {pixels.shape[1]}x{pixels.shape[0]} "
-            f"before inference (images over {MAX_DECODED_SIDE} pixels a side are)"
+            f"before inference (images with a side over {MAX_DECODED_SIDE} pixels are)"
         )
     check.warnings[:0] = damage
     return DecodedImage(pixels, opened.source_format, opened.source_mode, check)
@@ -182,9 +183,8 @@ def _decode(image: Image.Image, notes: WarningNotes) -> NDArray[np.uint8]:
     try:
         image.load()
         orientation = _exif_orientation(image, notes)
-        factor = _reduce_factor(image.size)
-        if factor > 1:
-            image = _reduce(image, factor)
+        if _downscaled_size(image.size) != image.size:
+            image = _downscale(image)
         if orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[orientation])
         pixels = _to_rgb(image)
@@ -198,21 +198,23 @@ def _decode(image: Image.Image, notes: WarningNotes) -> NDArray[np.uint8]:
     return pixels
 
 
-def _reduce_factor(size: tuple[int, int]) -> int:
-    """Smallest integer factor bringing the longer side to at most MAX_DECODED_SIDE."""
-    return max(1, -(-max(size) // MAX_DECODED_SIDE))
+def _downscaled_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` when no side is over MAX_DECODED_SIDE, else scaled to a longer side of
+    EXPECTED_SIDE (aspect ratio kept)."""
+    if max(size) <= MAX_DECODED_SIDE:
+        return size
+    scale = EXPECTED_SIDE / max(size)
+    return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
 
 
-def _reduced_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
-    return (max(1, -(-size[0] // factor)), max(1, -(-size[1] // factor)))
-
-
-def _reduce(image: Image.Image, factor: int) -> Image.Image:
-    """Box-average by ``factor``; modes whose values are not intensities (palette indices,
-    1-bit) or that ``reduce`` refuses (16-bit) are sampled instead."""
+def _downscale(image: Image.Image) -> Image.Image:
+    """Bilinear (after a box reduce to twice the target: cheap on huge images); modes whose
+    values are not intensities (palette indices, 1-bit) or that Pillow only resizes by
+    sampling (16-bit) are sampled."""
+    size = _downscaled_size(image.size)
     if image.mode in _AVERAGEABLE_MODES:
-        return image.reduce(factor)
-    return image.resize(_reduced_size(image.size, factor), Image.Resampling.NEAREST)
+        return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def _exif_orientation(image: Image.Image, notes: WarningNotes) -> int:
