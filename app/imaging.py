@@ -30,17 +30,17 @@ from app.logging import WarningNotes, collect_warnings
 
 ALLOWED_FORMATS = ("BMP", "PNG", "JPEG", "TIFF")
 EXPECTED_SIDE = 450  # C-NMC cells: 450x450, the cell segmented on a black background
-# Geometry the model can judge: both sides within +-5 % of 450 and near-square. The model
-# resizes its input to 450x450 itself, so inside this band the cell scale changes by at most
-# 5 %; outside it the cell is drawn at a scale the model never saw (a cell on a 900x900
-# canvas is half as big once resized) and the image is flagged, not normalised.
-MIN_SIDE, MAX_SIDE = 428, 472
-MAX_ASPECT = 1.05
-# Images with a side over MAX_SIDE (flagged anyway) are downscaled right after decoding
+# Geometry the model can judge: exactly 450x450. It was trained without zoom (cell size is a
+# real feature, training/train.py) and resizes its input to 450x450 itself, so any other
+# size shows the cell at a scale it never saw: a real cell cropped to 428 or padded to 472
+# (+-5 % scale) flipped 2-3 of 60 labels, padded to 900 45 of 60 (app/README.md). There is
+# no telling from the pixels how large the cell should be, so such images are flagged, not
+# normalised.
+# Images with a side over EXPECTED_SIDE (flagged anyway) are downscaled right after decoding
 # (JPEG: inside the decoder) so that their longer side is EXPECTED_SIDE: nothing larger
 # than a C-NMC image reaches the batcher or the model. The model would resize them to
 # 450x450 itself, so this changes their result little; it bounds the memory they take.
-MAX_DECODED_SIDE = MAX_SIDE
+MAX_DECODED_SIDE = EXPECTED_SIDE
 _AVERAGEABLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I"})
 EXIF_ORIENTATION = 0x0112
 # ImageOps.exif_transpose's mapping; applied after the downscale, on the small image.
@@ -290,8 +290,8 @@ def check_input(
     """Does this look like a C-NMC segmented single cell (a cell on a black background)?
 
     Geometry first, on ``source_size`` (the size in the file, before any downscale; default:
-    the pixels' size): ``too_small`` when a side is under ``MIN_SIDE``, ``unexpected_size``
-    when a side is over ``MAX_SIDE`` or the image is not near-square (``MAX_ASPECT``).
+    the pixels' size): ``too_small`` when a side is under 450, ``unexpected_size`` when one
+    is over 450 (and none under).
 
     Two cheap features on a strided sample: the fraction of near-black pixels in the outer
     10 % band (C-NMC: the background, so ~1) and the fraction of non-black pixels overall (the
@@ -329,15 +329,11 @@ def check_input(
 
 def _geometry(size: tuple[int, int]) -> tuple[list[str], list[str]]:
     """Reason codes and the warning explaining them, for an image of ``size`` (w, h)."""
-    short, long = sorted(size)
-    if short < MIN_SIDE:
-        reason = "too_small"
-    elif long > MAX_SIDE or long > short * MAX_ASPECT:
-        reason = "unexpected_size"
-    else:
+    if size == (EXPECTED_SIDE, EXPECTED_SIDE):
         return [], []
+    reason = "too_small" if min(size) < EXPECTED_SIDE else "unexpected_size"
     width, height = size
     return [reason], [
         f"{reason}: {width}x{height}; the model was trained on {EXPECTED_SIDE}x{EXPECTED_SIDE} "
-        f"cells (accepted: sides {MIN_SIDE}-{MAX_SIDE}, near-square)"
+        "cells only"
     ]

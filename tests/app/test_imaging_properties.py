@@ -27,7 +27,14 @@ UPRIGHT = {
     7: [Image.Transpose.TRANSVERSE],
     8: [Image.Transpose.ROTATE_90],
 }
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: the same examples on every run (no flaky CI); no example database on disk.
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @st.composite
@@ -118,6 +125,8 @@ def test_any_accepted_image_decodes_to_rgb_uint8_or_an_input_error(
     assert pixels.shape == (height, width, 3)
     lossless = fmt != "JPEG" and decoded.source_mode == image.mode
     if lossless:
+        if mode == "P+transparency" and fmt != "PNG":
+            mode = "P"  # Pillow writes palette transparency to PNG only: plain palette here
         expected = _expected_rgb(upright, mode)
         assert np.array_equal(pixels, expected)
 

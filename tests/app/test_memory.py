@@ -46,7 +46,7 @@ def _largest_request_images() -> list[tuple[str, list[bytes]]]:
     """The largest requests the default limits allow (LEUK_MAX_REQUEST_PIXELS = 50 M):
     two images at the per-image limit (25 M pixels each: the largest decode buffers), 64
     (LEUK_MAX_FILES) of 880x880 (each decoded at full size, then downscaled), and 64 of
-    472x472 (the largest kept at full size and batched as they are)."""
+    450x450 (the largest kept at full size and batched as they are)."""
     settings = Settings()
     side = int(settings.max_image_pixels**0.5)
 
@@ -61,7 +61,7 @@ def _largest_request_images() -> list[tuple[str, list[bytes]]]:
     return [
         (f"2 x {side}x{side}", [cell_on_canvas(side)] * 2),
         ("64 x 880x880", [cell_on_canvas(880)] * settings.max_files),
-        ("64 x 472x472", [cell_on_canvas(472)] * settings.max_files),
+        ("64 x 450x450", [cell_on_canvas(450)] * settings.max_files),
     ]
 
 
