@@ -222,6 +222,12 @@ def _exif_orientation(image: Image.Image, notes: WarningNotes) -> int:
     ``MAX_IFD_ENTRIES`` entries is damaged: it is not parsed (parsing it costs a Python
     warning per broken entry), and a warning says so."""
     raw = image.info.get("exif")
+    profile = image.info.get("Raw profile type exif")  # PNG text chunk, read by getexif too
+    if raw is None and isinstance(profile, str):
+        try:  # Pillow's own reading of it: hex digits after three header lines
+            raw = bytes.fromhex("".join(profile.split("\n")[3:]))
+        except ValueError:
+            raw = None
     if isinstance(raw, bytes):
         count = _ifd0_entry_count(raw.removeprefix(b"Exif\x00\x00"))
         if count is not None and count > MAX_IFD_ENTRIES:

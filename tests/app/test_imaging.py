@@ -344,6 +344,19 @@ def test_exif_block_with_65535_entries_costs_bounded_work_and_output(
     ]
 
 
+def test_exif_in_a_png_text_chunk_is_bounded_too(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    block = exif_with_entries(40_000)  # hex-encoded under Pillow's 1 MB text-chunk limit
+    text.add_text("Raw profile type exif", f"\nexif\n{len(block)}\n" + block.hex(), zip=True)
+    decoded = decode_image(encode(cell_like(12), "PNG", pnginfo=text), LIMIT)
+    assert len(warning_records) <= 10  # unbounded: one line per broken entry
+    assert decoded.check.warnings[0].startswith("damaged_file: EXIF block declares 40000")
+
+
 def test_warnings_of_one_damaged_block_are_capped_per_image(
     warning_records: list[logging.LogRecord],
 ) -> None:

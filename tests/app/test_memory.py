@@ -19,7 +19,7 @@ from tests.app.conftest import REPO
 from tests.app.images import cell_like, encode
 
 # Peak RSS the largest requests the default limits allow may add to a ready server (README,
-# "Memory bounds"): measured 194-332 MB with the tiny test model; without the limits, the
+# "Memory bounds"): measured 192-355 MB with the tiny test model; without the limits, the
 # two 25-megapixel PNGs alone added 1,220 MB.
 RSS_BOUND_MB = 600
 
