@@ -344,6 +344,18 @@ def test_exif_block_with_65535_entries_costs_bounded_work_and_output(
     ]
 
 
+def test_largest_jpeg_exif_block_costs_bounded_output(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    # A JPEG's EXIF (APP1) holds at most ~5,400 entries; Pillow parses it when it opens the
+    # file (for the resolution), before the service can look: ~5,000 warnings, capped.
+    block = b"Exif\x00\x00" + exif_with_entries(5400)
+    decoded = decode_image(encode(cell_like(12), "JPEG", exif=block), LIMIT)
+    assert len(warning_records) <= MAX_NOTES + 1
+    assert warning_records[-1].suppressed > 5000  # type: ignore[attr-defined]
+    assert len(decoded.check.warnings) == MAX_NOTES + 1
+
+
 def test_exif_in_a_png_text_chunk_is_bounded_too(
     warning_records: list[logging.LogRecord],
 ) -> None:
