@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
 from app.batching import Batcher
-from app.errors import ModelNotFound, NotReady, ServiceError
-from app.imaging import DecodedImage, decode_image
+from app.errors import ModelNotFound, NotReady, RequestTooLargeDecoded, ServiceError
+from app.imaging import DecodedImage, OpenedImage, decode_opened, open_image
 from app.lifecycle import Lifecycle, State
+from app.logging import limit_warning_logs
+from app.memory import DecodeBudget, Reservation
 from app.metrics import Metrics
 from app.registry import LoadedVersion, ModelRegistry
 from app.schemas import (
@@ -24,12 +28,17 @@ from app.schemas import (
 )
 from app.settings import Settings
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 OOD_MEANING = (
     "out_of_distribution=true means the image does not look like what the model was "
     "trained and validated on (a C-NMC-style segmented single white cell on a black "
-    "background): the border is not black background, or no cell / too much foreground "
-    "is visible. The label and probabilities are still reported but are not validated "
-    "for such images and must not be used as a result; summaries report them separately."
+    "background, 450x450): its size is not near 450x450 (too_small, unexpected_size: the "
+    "cell would be seen at a scale the model never saw), the border is not black "
+    "background, or no cell / too much foreground is visible. The label and probabilities "
+    "are still reported but are not validated for such images and must not be used as a "
+    "result; summaries report them separately."
 )
 
 
@@ -51,6 +60,7 @@ class DataPlane:
         self.batcher = batcher
         self.metrics = metrics
         self._decode_limiter = anyio.CapacityLimiter(settings.decode_threads)
+        self.decode_budget = DecodeBudget(settings.max_decode_bytes)
 
     def model_ready(self, name: str) -> LoadedVersion:
         """The loaded version serving ``name`` by default, without loading anything."""
@@ -77,10 +87,14 @@ class DataPlane:
     async def classify(
         self, loaded: LoadedVersion, payloads: list[bytes], request_id: str
     ) -> ClassifyResponse:
-        decoded = await anyio.to_thread.run_sync(
-            self._decode_all, payloads, limiter=self._decode_limiter
-        )
-        rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
+        reservation = self.decode_budget.reservation()
+        try:
+            decoded = await anyio.to_thread.run_sync(
+                self._decode_all, payloads, reservation, limiter=self._decode_limiter
+            )
+            rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
+        finally:
+            reservation.release_all()
         results = [
             self._result(i, loaded, image, row)
             for i, (image, row) in enumerate(zip(decoded, rows, strict=True))
@@ -97,16 +111,39 @@ class DataPlane:
             summary=self._summary(loaded, results) if len(results) > 1 else None,
         )
 
-    def _decode_all(self, payloads: list[bytes]) -> list[DecodedImage]:
-        decoded = []
-        for index, payload in enumerate(payloads):
+    def _decode_all(self, payloads: list[bytes], reservation: Reservation) -> list[DecodedImage]:
+        """Every header first (per-image and per-request pixel limits before any decoding),
+        then one image at a time inside the memory budget."""
+        with limit_warning_logs():
+            opened = self._each(payloads, lambda p: open_image(p, self.settings.max_image_pixels))
+            declared = sum(image.declared_pixels for image in opened)
+            if declared > self.settings.max_request_pixels:
+                raise RequestTooLargeDecoded(
+                    f"The images have {declared} pixels together; the limit is "
+                    f"{self.settings.max_request_pixels} per request."
+                )
+            return self._each(opened, lambda image: self._decode_in_budget(image, reservation))
+
+    @staticmethod
+    def _decode_in_budget(image: OpenedImage, reservation: Reservation) -> DecodedImage:
+        reservation.take(image.decode_bytes + image.kept_bytes)
+        try:
+            return decode_opened(image)
+        finally:
+            reservation.give_back(image.decode_bytes)
+
+    @staticmethod
+    def _each(items: list[_T], step: Callable[[_T], _R]) -> list[_R]:
+        """``step`` on each item; an error names the image's index when there are several."""
+        out = []
+        for index, item in enumerate(items):
             try:
-                decoded.append(decode_image(payload, self.settings.max_image_pixels))
+                out.append(step(item))
             except ServiceError as exc:
-                if len(payloads) > 1:
+                if len(items) > 1:
                     exc.detail = f"Image {index}: {exc.detail}"
                 raise
-        return decoded
+        return out
 
     @staticmethod
     def _result(

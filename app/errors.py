@@ -64,6 +64,12 @@ class ImageTooLarge(ServiceError):
     reject_reason = "image_too_large"
 
 
+class RequestTooLargeDecoded(ServiceError):
+    status_code, code = 413, "request_too_large_decoded"
+    default_detail = "The request's images together have more pixels than allowed."
+    reject_reason = "request_too_large_decoded"
+
+
 class PayloadTooLarge(ServiceError):
     status_code, code = 413, "payload_too_large"
     default_detail = "The request body is larger than allowed."
@@ -169,6 +175,11 @@ class TooManyConnections(ServiceError):
 class ShuttingDown(ServiceError):
     status_code, code = 503, "shutting_down"
     default_detail = "The service is shutting down; retry on another instance or later."
+
+
+class DecodeMemoryBusy(ServiceError):
+    status_code, code = 503, "decode_memory_busy"
+    default_detail = "Other requests' images fill the decoding memory budget; retry shortly."
 
 
 class ErrorBody(BaseModel):

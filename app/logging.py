@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,8 +65,49 @@ def configure_logging(level: str) -> None:
 # ``leuk.warnings`` (with the request id of the thread's context), and code that wants them
 # (decode_image) collects those raised inside a block with ``collect_warnings``. Warning texts
 # are capped: libraries' messages name tags and sizes, never pixel data, but stay bounded.
-_collected: ContextVar[list[str] | None] = ContextVar("leuk_collected_warnings", default=None)
+# One damaged file can raise tens of thousands of warnings (one per broken EXIF entry), so the
+# output is bounded too: a collecting block keeps ``MAX_NOTES`` distinct texts and counts the
+# rest, and inside ``limit_warning_logs`` (a request; each collecting block opens one if none
+# is open) at most ``MAX_WARNING_LOG_LINES`` records are written, plus one counting the rest.
 WARNING_TEXT_LIMIT = 200
+MAX_NOTES = 5
+MAX_WARNING_LOG_LINES = 20
+
+
+@dataclass
+class WarningNotes:
+    """Distinct warning texts raised in a block, at most ``MAX_NOTES``; ``more`` counts the
+    occurrences of texts that did not fit."""
+
+    texts: list[str] = field(default_factory=list)
+    more: int = 0
+
+    def add(self, text: str) -> bool:
+        """Keep ``text``; True when it is new and listed."""
+        if text in self.texts:
+            return False
+        if len(self.texts) >= MAX_NOTES:
+            self.more += 1
+            return False
+        self.texts.append(text)
+        return True
+
+    def after(self, earlier: WarningNotes) -> WarningNotes:
+        """``earlier``'s notes followed by these, under the same cap."""
+        combined = WarningNotes(more=earlier.more + self.more)
+        for text in [*earlier.texts, *self.texts]:
+            combined.add(text)
+        return combined
+
+
+@dataclass
+class _LogAllowance:
+    remaining: int
+    suppressed: int = 0
+
+
+_collected: ContextVar[WarningNotes | None] = ContextVar("leuk_collected_warnings", default=None)
+_allowance: ContextVar[_LogAllowance | None] = ContextVar("leuk_warning_logs", default=None)
 
 
 def _show_warning(
@@ -78,8 +120,13 @@ def _show_warning(
 ) -> None:
     text = str(message)[:WARNING_TEXT_LIMIT]
     notes = _collected.get()
-    if notes is not None:
-        notes.append(text)
+    listed = notes.add(text) if notes is not None else True
+    allowance = _allowance.get()
+    if allowance is not None:
+        if not listed or allowance.remaining <= 0:
+            allowance.suppressed += 1
+            return
+        allowance.remaining -= 1
     get_logger("warnings").warning(
         "python warning",
         extra={"category": category.__name__, "warning": text,
@@ -103,12 +150,33 @@ def capture_python_warnings() -> None:
 
 
 @contextmanager
-def collect_warnings() -> Iterator[list[str]]:
-    """Texts of the Python warnings raised in this context (this thread) inside the block;
-    needs ``capture_python_warnings`` in force (the service installs it at start-up)."""
-    notes: list[str] = []
+def limit_warning_logs(max_lines: int = MAX_WARNING_LOG_LINES) -> Iterator[None]:
+    """Inside the block (this thread), log at most ``max_lines`` Python warnings, then one
+    record with how many were not logged. Nested blocks share the outermost allowance."""
+    if _allowance.get() is not None:
+        yield
+        return
+    allowance = _LogAllowance(max_lines)
+    token = _allowance.set(allowance)
+    try:
+        yield
+    finally:
+        _allowance.reset(token)
+        if allowance.suppressed:
+            get_logger("warnings").warning(
+                "python warnings suppressed", extra={"suppressed": allowance.suppressed}
+            )
+
+
+@contextmanager
+def collect_warnings() -> Iterator[WarningNotes]:
+    """The distinct Python warnings raised in this context (this thread) inside the block,
+    under ``limit_warning_logs``; needs ``capture_python_warnings`` in force (the service
+    installs it at start-up)."""
+    notes = WarningNotes()
     token = _collected.set(notes)
     try:
-        yield notes
+        with limit_warning_logs():
+            yield notes
     finally:
         _collected.reset(token)

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class InputCheckOut(BaseModel):
     out_of_distribution: bool = Field(
         description="True: the image does not look like a C-NMC segmented single cell on a "
-        "black background; its prediction is outside what the model was validated on."
+        "black background, or its size is not near 450x450; its prediction is outside what "
+        "the model was validated on."
     )
     reasons: list[str] = Field(description="Why it was flagged (empty when not flagged).")
     border_dark_fraction: float = Field(description="Share of near-black pixels in the border.")

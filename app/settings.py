@@ -99,6 +99,20 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest image (width x height) decoded; guards against decompression bombs.",
     )
+    max_request_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Most pixels (sum of width x height declared by the headers) in one "
+        "request; more gets 413 request_too_large_decoded before any pixel is decoded.",
+    )
+    max_decode_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Service-wide budget of decoded-image memory in flight (estimated from "
+        "the headers: decode buffers while decoding, kept RGB pixels until the response). A "
+        "request that does not fit beside the others gets 503 decode_memory_busy at once; one "
+        "that could not fit even alone gets 413 request_too_large_decoded.",
+    )
 
     # --- HTTP edge (python -m app) ------------------------------------------------------------
     max_header_bytes: int = Field(

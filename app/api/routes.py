@@ -14,6 +14,7 @@ from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
 from app.errors import (
     BodyTimeout,
     ClientClosed,
+    DecodeMemoryBusy,
     EmptyBody,
     ImageTooLarge,
     InvalidImage,
@@ -24,6 +25,7 @@ from app.errors import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    RequestTooLargeDecoded,
     ShuttingDown,
     TooManyFiles,
     TruncatedImage,
@@ -52,6 +54,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     VersionNotFound,
     PayloadTooLarge,
     ImageTooLarge,
+    RequestTooLargeDecoded,
     TooManyFiles,
     UnsupportedMediaType,
     InvalidImage,
@@ -64,6 +67,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     Overloaded,
     ShuttingDown,
     BodyTimeout,
+    DecodeMemoryBusy,
 )
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {

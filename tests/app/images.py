@@ -38,3 +38,17 @@ def with_damaged_exif(pixels: NDArray[np.uint8]) -> bytes:
     entry = b"\x0e\x01" + b"\x02\x00" + (200).to_bytes(4, "little") + (0x1000).to_bytes(4, "little")
     exif = b"II*\x00" + (8).to_bytes(4, "little") + b"\x01\x00" + entry + b"\x00" * 4
     return encode(pixels, "PNG", exif=exif)
+
+
+def exif_with_entries(count: int) -> bytes:
+    """An EXIF block whose first directory declares ``count`` entries, each an UNDEFINED
+    200-byte value inside the block: once their sizes add up past the block's length,
+    Pillow warns "Tag data larger than file. Skipping tag N" for every further entry."""
+    entries = b"".join(
+        (i + 1).to_bytes(2, "little") + (7).to_bytes(2, "little")
+        + (200).to_bytes(4, "little") + (8).to_bytes(4, "little")
+        for i in range(count)
+    )  # fmt: skip
+    return (
+        b"II*\x00" + (8).to_bytes(4, "little") + count.to_bytes(2, "little") + entries + b"\0" * 4
+    )

@@ -249,6 +249,39 @@ async def test_decompression_bomb(client: httpx.AsyncClient) -> None:
     assert_error(response, 413, "image_too_large")
 
 
+async def test_request_pixel_limit_counts_every_image(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with serve(make_settings(max_request_pixels=2 * 450 * 450)) as client:
+        two = [("files", (f"{i}.png", PNG, "image/png")) for i in range(2)]
+        assert (await client.post("/v1/classify", files=two)).status_code == 200
+        three = [*two, ("files", ("2.png", PNG, "image/png"))]
+        response = await client.post("/v1/classify", files=three)
+        assert_error(response, 413, "request_too_large_decoded")
+        assert "607500 pixels" in response.json()["error"]["detail"]
+
+
+async def test_decoding_memory_budget(make_settings: Callable[..., Settings]) -> None:
+    raw = {"content": PNG, "headers": {"content-type": "image/png"}}
+    async with serve(make_settings(max_decode_bytes=8 * 1024 * 1024)) as client:
+        budget = client.app.state.dataplane.decode_budget  # type: ignore[attr-defined]
+        assert (await client.post("/v1/classify", **raw)).status_code == 200
+        assert budget.in_flight == 0
+        others = budget.reservation()  # what other requests' images hold
+        others.take(budget.capacity - 1024 * 1024)  # a 450x450 image needs ~3.8 MB
+        busy = await client.post("/v1/classify", **raw)
+        assert_error(busy, 503, "decode_memory_busy")
+        assert busy.headers["retry-after"] == "1"
+        others.release_all()
+        assert (await client.post("/v1/classify", **raw)).status_code == 200
+        truncated = {"content": PNG[: len(PNG) // 2], "headers": raw["headers"]}
+        assert_error(await client.post("/v1/classify", **truncated), 422, "truncated_image")
+        assert budget.in_flight == 0  # given back after answers and after failures
+    async with serve(make_settings(max_decode_bytes=2 * 1024 * 1024)) as client:
+        # Could never fit, even alone: 413, not a 503 the client would retry forever.
+        assert_error(await client.post("/v1/classify", **raw), 413, "request_too_large_decoded")
+
+
 async def test_wrong_field_and_text_field(client: httpx.AsyncClient) -> None:
     assert_error(
         await client.post("/v1/classify", files={"image": ("a.png", PNG, "image/png")}),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import random
+import re
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -11,8 +15,9 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
 from app.imaging import check_input, decode_image
+from app.logging import MAX_NOTES
 from tests.app.conftest import CNMC_BMP, CNMC_PNGS, OOD_JPEGS
-from tests.app.images import cell_like, encode, with_damaged_exif
+from tests.app.images import cell_like, encode, exif_with_entries, with_damaged_exif
 
 LIMIT = 25_000_000
 
@@ -246,10 +251,147 @@ def test_black_and_full_frames_are_flagged() -> None:
     assert check_input(big).reasons == ["foreground_too_large"]
 
 
-def test_unexpected_size_is_a_warning_not_a_flag() -> None:
-    check = check_input(cell_like(10, size=300))
-    assert not check.out_of_distribution
-    assert check.warnings and check.warnings[0].startswith("unexpected_size")
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [((8, 8), "too_small"), ((32, 32), "too_small"), ((450, 1), "too_small"),
+     ((300, 300), "too_small"), ((449, 450), "too_small"), ((460, 440), "too_small"),
+     ((900, 900), "unexpected_size"), ((451, 451), "unexpected_size"),
+     ((450, 451), "unexpected_size")],
+)  # fmt: skip
+def test_sizes_the_model_was_not_trained_on_are_flagged(size: tuple[int, int], reason: str) -> None:
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    cell = cell_like(10, size=min(size))
+    pixels[: cell.shape[0], : cell.shape[1]] = cell  # a cell that passes the content checks
+    check = decode_image(encode(pixels, "PNG"), LIMIT).check
+    assert check.out_of_distribution
+    assert check.reasons[0] == reason
+    assert any(w.startswith(f"{reason}: {width}x{height}") for w in check.warnings)
+
+
+def test_real_cell_on_a_large_black_canvas_is_flagged() -> None:
+    # The review's case: a genuine C-NMC cell padded to 900x900 changes label once the model
+    # resizes it (the cell is half as big); its content alone still looks like a C-NMC cell.
+    cell = np.asarray(Image.open(CNMC_BMP).convert("RGB"))
+    canvas = np.zeros((900, 900, 3), dtype=np.uint8)
+    canvas[225:675, 225:675] = cell
+    check = decode_image(encode(canvas, "PNG"), LIMIT).check
+    assert check.out_of_distribution
+    assert check.reasons == ["unexpected_size"]
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("JPEG", "RGB"), ("PNG", "P"),
+                                           ("PNG", "I;16"), ("TIFF", "RGBA")])  # fmt: skip
+def test_large_images_are_downscaled_before_inference_and_flagged(fmt: str, mode: str) -> None:
+    pixels = np.zeros((2400, 3000, 3), dtype=np.uint8)
+    pixels[1000:1400, 1300:1700] = 200
+    image = Image.fromarray(pixels)
+    if mode == "P":
+        image = image.quantize(colors=4)
+    elif mode == "I;16":
+        image = Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257)
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+    decoded = decode_image(encode(image, fmt), LIMIT)
+    assert decoded.pixels.shape == (360, 450, 3)  # 3000x2400 scaled to a longer side of 450
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.flags["C_CONTIGUOUS"]
+    assert abs(int(decoded.pixels[180, 225, 0]) - 200) <= 3  # the bright square survives
+    assert decoded.pixels[:100, :100].max() <= 3
+    assert decoded.check.out_of_distribution
+    assert decoded.check.reasons[0] == "unexpected_size"
+    assert any(w.startswith("downscaled: 3000x2400 was reduced to 450x360") for w in
+               decoded.check.warnings)  # fmt: skip
+
+
+def test_exif_orientation_is_applied_after_the_downscale() -> None:
+    pixels = np.zeros((1000, 2000, 3), dtype=np.uint8)
+    pixels[:, :1000] = 255  # white left half, wide image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(encode(Image.fromarray(pixels), "PNG", exif=exif), LIMIT).pixels
+    assert decoded.shape == (450, 225, 3)  # scaled to 450x225, then rotated: tall
+    assert decoded[:200].mean() > 200 and decoded[-200:].mean() < 50
+
+
+@pytest.fixture
+def warning_records() -> Iterator[list[logging.LogRecord]]:
+    """Records the warnings hook writes (leuk.warnings), however the logger is configured."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("leuk.warnings")
+    handler = Keep()
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_exif_block_with_65535_entries_costs_bounded_work_and_output(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    data = encode(cell_like(12), "PNG", exif=exif_with_entries(65535))
+    started = time.process_time()
+    decoded = decode_image(data, LIMIT)
+    assert time.process_time() - started < 2.0  # generous: unbounded, it took 1.3 s and more
+    assert len(warning_records) <= 10  # unbounded: 61,603 lines (one per broken entry)
+    assert np.array_equal(decoded.pixels, cell_like(12))
+    assert decoded.check.warnings == [
+        "damaged_file: EXIF block declares 65535 entries (at most 512 are read); "
+        "EXIF ignored, orientation not applied"
+    ]
+
+
+def test_largest_jpeg_exif_block_costs_bounded_output(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    # A JPEG's EXIF (APP1) holds at most ~5,400 entries; Pillow parses it when it opens the
+    # file (for the resolution), before the service can look: ~5,000 warnings, capped.
+    block = b"Exif\x00\x00" + exif_with_entries(5400)
+    decoded = decode_image(encode(cell_like(12), "JPEG", exif=block), LIMIT)
+    assert len(warning_records) <= MAX_NOTES + 1
+    assert warning_records[-1].suppressed > 5000  # type: ignore[attr-defined]
+    assert len(decoded.check.warnings) == MAX_NOTES + 1
+
+
+def test_exif_in_a_png_text_chunk_is_bounded_too(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    block = exif_with_entries(40_000)  # hex-encoded under Pillow's 1 MB text-chunk limit
+    text.add_text("Raw profile type exif", f"\nexif\n{len(block)}\n" + block.hex(), zip=True)
+    decoded = decode_image(encode(cell_like(12), "PNG", pnginfo=text), LIMIT)
+    assert len(warning_records) <= 10  # unbounded: one line per broken entry
+    assert decoded.check.warnings[0].startswith("damaged_file: EXIF block declares 40000")
+
+
+def test_warnings_of_one_damaged_block_are_capped_per_image(
+    warning_records: list[logging.LogRecord],
+) -> None:
+    # 400 entries: parsed (under the entry cap), ~300 distinct warnings.
+    data = encode(cell_like(12), "PNG", exif=exif_with_entries(400))
+    warnings = decode_image(data, LIMIT).check.warnings
+    assert len(warnings) == MAX_NOTES + 1
+    assert all(w.startswith("damaged_file: Tag data larger than file") for w in warnings[:-1])
+    assert re.fullmatch(r"damaged_file: \d+ more decoder warnings not listed", warnings[-1])
+    logged = [r for r in warning_records if r.getMessage() == "python warning"]
+    (summary,) = [r for r in warning_records if r.getMessage() == "python warnings suppressed"]
+    assert len(logged) == MAX_NOTES
+    assert summary.suppressed > 250  # type: ignore[attr-defined]
+
+
+def test_tiff_with_an_absurd_directory_is_refused_before_parsing() -> None:
+    data = bytearray(encode(cell_like(12, size=64), "TIFF"))
+    ifd = int.from_bytes(data[4:8], "little")
+    data[ifd : ifd + 2] = (65535).to_bytes(2, "little")
+    started = time.process_time()
+    with pytest.raises(InvalidImage, match="65535 entries"):
+        decode_image(bytes(data), LIMIT)
+    assert time.process_time() - started < 2.0
 
 
 def test_decoded_pixels_are_contiguous_uint8() -> None:

@@ -12,17 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 
-from app.logging import LOGGER_NAME, JsonFormatter
+from app.logging import LOGGER_NAME, MAX_NOTES, MAX_WARNING_LOG_LINES, JsonFormatter
 from app.server import LimitedH11Protocol
-from tests.app.conftest import CNMC_PNGS, REPO
-from tests.app.images import cell_like, with_damaged_exif
+from app.settings import Settings
+from tests.app.conftest import CNMC_PNGS, REPO, serve
+from tests.app.images import cell_like, encode, exif_with_entries, with_damaged_exif
 
 PNG = CNMC_PNGS[0].read_bytes()
 
@@ -94,6 +95,26 @@ async def test_unexpected_failure_is_a_500_in_the_error_shape(
     assert response.headers["x-request-id"] == "r500"
     again = await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
     assert again.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_decoder_warnings_are_rate_limited_per_request(
+    make_settings: Callable[..., Settings], log_stream: io.StringIO
+) -> None:
+    # Ten images whose EXIF blocks each raise ~300 distinct warnings: the request logs at
+    # most MAX_WARNING_LOG_LINES of them and one record counting the rest.
+    damaged = encode(cell_like(4), "PNG", exif=exif_with_entries(400))
+    files = [("files", (f"{i}.png", damaged, "image/png")) for i in range(10)]
+    async with serve(make_settings()) as client:
+        response = await client.post("/v1/classify", files=files)
+    assert response.status_code == 200
+    assert all(len(r["warnings"]) == MAX_NOTES + 1 for r in response.json()["results"])
+    records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    logged = [r for r in records if r["event"] == "python warning"]
+    (summary,) = [r for r in records if r["event"] == "python warnings suppressed"]
+    assert len(logged) == MAX_WARNING_LOG_LINES
+    assert summary["suppressed"] > 2500
+    assert summary["request_id"] == response.headers["x-request-id"]
 
 
 def _free_port() -> int:
