@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.to_thread
 import numpy as np
+from numpy.typing import NDArray
 
 from app.batching import Batcher
 from app.errors import ModelNotFound, ModelUnavailable, NotReady, ServiceError, VersionNotFound
-from app.imaging import DecodedImage, decode_image
+from app.imaging import DecodedImage, check_input, decode_image
 from app.metrics import Metrics
 from app.registry import LoadedVersion, ModelRegistry, VersionFailed, read_card
 from app.schemas import (
@@ -31,6 +32,10 @@ OOD_MEANING = (
     "is visible. The label and probabilities are still reported but are not validated "
     "for such images and must not be used as a result; summaries report them separately."
 )
+
+
+def _check_all(pixels: list[NDArray[np.uint8]]) -> list[DecodedImage]:
+    return [DecodedImage(image, "pixels", "RGB", check_input(image)) for image in pixels]
 
 
 @dataclass
@@ -148,6 +153,19 @@ class DataPlane:
         decoded = await anyio.to_thread.run_sync(
             self._decode_all, payloads, limiter=self._decode_limiter
         )
+        return await self._classify_decoded(loaded, decoded, request_id)
+
+    async def classify_pixels(
+        self, loaded: LoadedVersion, pixels: list[NDArray[np.uint8]], request_id: str
+    ) -> ClassifyResponse:
+        """Already-decoded RGB images ([H, W, 3] uint8, e.g. the Open Inference Protocol's
+        UINT8 input): the same input checks, batching and results as ``classify``."""
+        decoded = await anyio.to_thread.run_sync(_check_all, pixels, limiter=self._decode_limiter)
+        return await self._classify_decoded(loaded, decoded, request_id)
+
+    async def _classify_decoded(
+        self, loaded: LoadedVersion, decoded: list[DecodedImage], request_id: str
+    ) -> ClassifyResponse:
         rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
         results = [
             self._result(i, loaded, image, row)

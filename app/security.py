@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+# The Open Inference Protocol's probes are the same kind of probe, for KServe-style platforms.
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
 
 
 def _presented_key(scope: Scope) -> str | None:

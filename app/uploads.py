@@ -118,3 +118,14 @@ async def _read_multipart(request: Request, stream: _CountingStream, max_files: 
             raise EmptyBody()
         raise MissingImages()
     return payloads
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body of a non-image request (an inference request), under the same limit."""
+    if _declared_length(request, max_bytes) == 0:
+        raise EmptyBody()
+    stream = _CountingStream(request, max_bytes)
+    body = b"".join([chunk async for chunk in stream.chunks()])
+    if not body:
+        raise EmptyBody()
+    return body
