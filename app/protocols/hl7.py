@@ -2,7 +2,7 @@
 
 The same content as the FHIR report, in the segments a LIS expects:
 
-    MSH  sender LEUK-CELL-SERVICE, ORU^R01^ORU_R01, processing P, version 2.5.1
+    MSH  sender LEUK-CELL-SERVICE, ORU^R01^ORU_R01, processing P, version 2.5.1, UTF-8
     PID  only when the caller sent X-FHIR-Subject: PID-3 is its id, PID-5 is null ("")
          (the service never knows names)
     OBR  placer order = the X-FHIR-Based-On id, filler order = the request id, service
@@ -66,7 +66,8 @@ def render_oru(
     segments = [
         # MSH-10 (control ID) is at most 20 characters; the request ID goes into OBR-3.
         _segment("MSH", "^~\\&", SENDING_APPLICATION, "", "", "", when, "",
-                 "ORU^R01^ORU_R01", uuid.uuid4().hex[:20], "P", "2.5.1"),
+                 "ORU^R01^ORU_R01", uuid.uuid4().hex[:20], "P", "2.5.1", "", "", "", "", "",
+                 "UNICODE UTF-8"),
     ]  # fmt: skip
     if references.subject is not None:
         segments.append(_segment("PID", "1", "", escape(references.subject.id), "", '""'))

@@ -10,6 +10,7 @@ JSON error shape whatever was asked.
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,7 @@ _MEDIA_TYPES: dict[str, ReportFormat] = {
     "application/json+fhir": ReportFormat.FHIR,  # the DSTU2-era name some engines still send
     **{media: ReportFormat.HL7V2 for media in hl7.ACCEPTED_MEDIA_TYPES},
 }
+INLINE_RENDER_IMAGES = 8
 _PREFERENCE = (ReportFormat.JSON, ReportFormat.FHIR, ReportFormat.HL7V2)
 
 
@@ -67,10 +69,13 @@ async def render_report(
     model: ModelIdentity,
     references: CallerReferences,
 ) -> Response:
-    """A FHIR or HL7 v2 answer; rendered off the event loop (a 64-image bundle takes ~40 ms)."""
+    """A FHIR or HL7 v2 answer (about 0.1 ms per image for FHIR, less for HL7)."""
     issued = datetime.now(UTC)
     if report_format is ReportFormat.FHIR:
-        body = await anyio.to_thread.run_sync(fhir.bundle_json, response, model, references, issued)
+        render = functools.partial(fhir.bundle_json, response, model, references, issued)
+        # A large bundle takes milliseconds: off the event loop, like decoding.
+        large = len(response.results) > INLINE_RENDER_IMAGES
+        body = await anyio.to_thread.run_sync(render) if large else render()
         return Response(body, media_type=fhir.MEDIA_TYPE)
     message = hl7.render_oru(response, model, references, issued)
     return Response(message.encode("utf-8"), media_type=f"{hl7.MEDIA_TYPE}; charset=utf-8")

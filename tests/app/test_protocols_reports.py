@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,8 +12,16 @@ from fhir.resources.R4B.bundle import Bundle
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from app.protocols.fhir import bundle_json
+from app.protocols.hl7 import render_oru
 from app.protocols.negotiation import ReportFormat, negotiate
-from app.protocols.report import CELL_CLASS_SYSTEM, MODEL_DIGEST_SYSTEM
+from app.protocols.report import (
+    CELL_CLASS_SYSTEM,
+    MODEL_DIGEST_SYSTEM,
+    CallerReferences,
+    ModelIdentity,
+)
+from app.schemas import ClassifyResponse, ImageResult, InputCheckOut
 from tests.app.conftest import CNMC_PNGS, OOD_JPEGS
 from tests.app.test_api import assert_error
 
@@ -217,33 +226,59 @@ async def test_openapi_documents_the_formats(client: httpx.AsyncClient) -> None:
     json.dumps(schema)
 
 
-def test_hl7_escapes_separators_in_free_text() -> None:
-    from datetime import UTC, datetime
-
-    from app.protocols.hl7 import render_oru
-    from app.protocols.report import CallerReferences, ModelIdentity
-    from app.schemas import ClassifyResponse, ImageResult, InputCheckOut
-
+def _result(index: int, blast_probability: float, ood: bool) -> ImageResult:
     check = InputCheckOut(
-        out_of_distribution=False, reasons=[], border_dark_fraction=1.0, foreground_fraction=0.1
+        out_of_distribution=ood,
+        reasons=["no_black_background"] if ood else [],
+        border_dark_fraction=0.0 if ood else 1.0,
+        foreground_fraction=0.1,
     )
-    result = ImageResult(
-        index=0, label="hem", label_description="normal", probabilities={"hem": 0.9, "all": 0.1},
-        blast_probability=0.1, threshold=0.5, model="m", version=1, out_of_distribution=False,
-        input_check=check, warnings=[],
+    return ImageResult(
+        index=index, label="all" if blast_probability >= 0.5 else "hem", label_description="",
+        probabilities={"hem": 1 - blast_probability, "all": blast_probability},
+        blast_probability=blast_probability, threshold=0.5, model="m", version=1,
+        out_of_distribution=ood, input_check=check, warnings=[],
     )  # fmt: skip
-    tricky = "R&D use | not ^clinical~ \\ ever\nsecond line"
-    model = ModelIdentity(
-        name="m", version=1, saved_model_sha256="0" * 64, intended_use=tricky,
+
+
+def _identity(intended_use: str = "Research use only.") -> ModelIdentity:
+    return ModelIdentity(
+        name="m", version=1, saved_model_sha256="0" * 64, intended_use=intended_use,
         labels=("hem", "all"), positive_label="all", threshold=0.5,
         label_descriptions={"hem": "normal & healthy", "all": "blast"},
     )  # fmt: skip
+
+
+def test_fhir_bundle_of_64_images_validates() -> None:
+    """Every branch of the renderer at the largest request: OOD or not, blast or not, all
+    references, and none in distribution (no in-distribution fraction)."""
+    results = [_result(i, (i * 37 % 101) / 100, ood=i % 5 == 0) for i in range(64)]
+    references = CallerReferences.from_headers(REFERENCES)
+    for batch in (results, [r for r in results if r.out_of_distribution]):
+        response = ClassifyResponse(request_id="r-64", model="m", version=1, results=batch)
+        body = bundle_json(response, _identity(), references, datetime.now(UTC))
+        bundle = Bundle.model_validate_json(body)
+        assert bundle.entry is not None
+        codes = [
+            e.resource.code.coding[0].code
+            for e in bundle.entry
+            if e.resource.get_resource_type() == "Observation"
+        ]
+        assert codes.count("cell-class") == len(batch)
+        in_distribution = "blast-fraction-in-distribution" in codes
+        assert in_distribution is (batch is results)
+
+
+def test_hl7_escapes_separators_in_free_text() -> None:
+    result = _result(0, 0.1, ood=False)
+    tricky = "R&D use | not ^clinical~ \\ ever\nsecond line"
+    model = _identity(intended_use=tricky)
     response = ClassifyResponse(request_id="r|1", model="m", version=1, results=[result])
     text = render_oru(response, model, CallerReferences(), datetime.now(UTC))
     message = parse_message(text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     message.validate()
     segments = [s for s in text.split("\r") if s]
-    assert [s[:3] for s in segments].count("NTE") == 1 and len(segments[0].split("|")) == 12
+    assert [s[:3] for s in segments].count("NTE") == 1 and len(segments[0].split("|")) == 18
     note = next(s for s in segments if s.startswith("NTE")).split("|")
     assert len(note) == 4  # the "|" in the text did not open a field
     assert "R\\T\\D use \\F\\ not \\S\\clinical\\R\\ \\E\\ ever second line" in note[3]
