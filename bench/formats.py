@@ -125,17 +125,28 @@ def main(argv: list[str] | None = None) -> None:
                     url = server.base_url + FORMATS[name][0].format(model=model)
                     run_wrk(url, body, args.concurrency, 1.0, 0)  # warm-up, not measured
                     server.wait_idle()
+                    cpu_before = server.cpu_seconds()
                     summary = summarise(
                         run_wrk(url, body, args.concurrency, args.duration, 0), args.concurrency
                     )
+                    cpu = server.cpu_seconds() - cpu_before  # during the measured window
+                    server.wait_idle()  # the requests still queued when wrk stopped
+                    summary["cpu_ms_per_image"] = 1000 * cpu / max(1, summary["ok"])
                     runs[name].append(summary)
-                    print(name, round(summary["images_per_s"], 1), "images/s", flush=True)
-                    server.wait_idle()
+                    print(
+                        f"{name} {summary['images_per_s']:.1f} images/s, "
+                        f"{summary['cpu_ms_per_image']:.2f} server CPU ms/image",
+                        flush=True,
+                    )
             for name, summaries in runs.items():
                 ranked = sorted(summaries, key=lambda s: s["images_per_s"])
                 median = ranked[len(ranked) // 2]
+                cpu_ranked = sorted(s["cpu_ms_per_image"] for s in summaries)
                 results[name] = {
                     "images_per_s": round(median["images_per_s"], 1),
+                    # Server CPU during the window per image answered in it: much less
+                    # sensitive than images/s to how busy the rest of the machine is.
+                    "cpu_ms_per_image": round(cpu_ranked[len(cpu_ranked) // 2], 2),
                     "rounds_images_per_s": [round(s["images_per_s"], 1) for s in summaries],
                     "p50_ms": round(median["latency_ms"]["p50"], 1),
                     "p99_ms": round(median["latency_ms"]["p99"], 1),
@@ -149,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         row = results[name]
         print(
             f"{name:6s} {row['images_per_s']:7.1f} images/s  {share:6.1%} of JSON  "
+            f"CPU {row['cpu_ms_per_image']:5.2f} ms/image  "
             f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  errors {row['errors']}"
         )
     for key, value in results.items():

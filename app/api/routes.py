@@ -59,7 +59,6 @@ _CLASSIFY_ERRORS = openapi_errors(
     UnsupportedImageMode,
     MissingImages,
     UnexpectedField,
-    InvalidReference,
     NotReady,
     ModelUnavailable,
     Overloaded,
@@ -205,9 +204,7 @@ async def _classify(
     result = await dataplane.classify(model, payloads, request_id)
     if report_format is negotiation.ReportFormat.JSON:
         return result
-    return await negotiation.render_report(
-        report_format, result, ModelIdentity.of(model), references
-    )
+    return negotiation.render_report(report_format, result, ModelIdentity.of(model), references)
 
 
 _CLASSIFY_DOC = dict(

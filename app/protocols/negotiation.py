@@ -10,11 +10,9 @@ JSON error shape whatever was asked.
 from __future__ import annotations
 
 import enum
-import functools
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio.to_thread
 from fastapi import Response
 
 from app.protocols import fhir, hl7
@@ -34,7 +32,6 @@ _MEDIA_TYPES: dict[str, ReportFormat] = {
     "application/json+fhir": ReportFormat.FHIR,  # the DSTU2-era name some engines still send
     **{media: ReportFormat.HL7V2 for media in hl7.ACCEPTED_MEDIA_TYPES},
 }
-INLINE_RENDER_IMAGES = 8
 _PREFERENCE = (ReportFormat.JSON, ReportFormat.FHIR, ReportFormat.HL7V2)
 
 
@@ -63,19 +60,17 @@ def _quality(params: str) -> float:
     return 1.0
 
 
-async def render_report(
+def render_report(
     report_format: ReportFormat,
     response: ClassifyResponse,
     model: ModelIdentity,
     references: CallerReferences,
 ) -> Response:
-    """A FHIR or HL7 v2 answer (about 0.1 ms per image for FHIR, less for HL7)."""
+    """A FHIR or HL7 v2 answer. Rendered on the event loop: a 64-image bundle takes about
+    1.3 ms, the ORU message 0.3 ms (less than handing the work to a thread would save)."""
     issued = datetime.now(UTC)
     if report_format is ReportFormat.FHIR:
-        render = functools.partial(fhir.bundle_json, response, model, references, issued)
-        # A large bundle takes milliseconds: off the event loop, like decoding.
-        large = len(response.results) > INLINE_RENDER_IMAGES
-        body = await anyio.to_thread.run_sync(render) if large else render()
+        body = fhir.bundle_json(response, model, references, issued)
         return Response(body, media_type=fhir.MEDIA_TYPE)
     message = hl7.render_oru(response, model, references, issued)
     return Response(message.encode("utf-8"), media_type=f"{hl7.MEDIA_TYPE}; charset=utf-8")

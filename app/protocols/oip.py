@@ -268,8 +268,11 @@ def _ready(dataplane: DataPlane, name: str, version: int | None) -> JSONResponse
         except NotReady:
             ready = False
     else:
-        if name not in dataplane.registry.models():
+        described = dataplane.registry.describe()
+        if name not in described:
             raise ModelNotFound(f"Model {name!r} is not in the store.")
+        if str(version) not in described[name]["versions"]:
+            raise VersionNotFound(f"Model {name!r} has no version {version}.")
         ready = dataplane.registry.get_loaded(name, version) is not None
     body = ModelReady(name=name, ready=ready).model_dump()
     return JSONResponse(body, status_code=200 if ready else 400)

@@ -80,6 +80,7 @@ def test_server_health_and_metadata(client: triton.InferenceServerClient) -> Non
     assert client.is_model_ready("tiny")
     assert client.is_model_ready("tiny", "2") and not client.is_model_ready("tiny", "1")
     assert not client.is_model_ready("other")  # in the store, not loaded yet
+    assert not client.is_model_ready("nope") and not client.is_model_ready("tiny", "9")
 
 
 def test_model_metadata(client: triton.InferenceServerClient) -> None:
@@ -180,6 +181,8 @@ def test_bad_inputs_get_protocol_errors(client: triton.InferenceServerClient, se
         timeout=60,
     )
     assert bad_length.status_code == 400 and "Inference-Header" in bad_length.json()["error"]
+    no_version = httpx.get(f"http://{server}/v2/models/tiny/versions/9/ready", timeout=60)
+    assert no_version.status_code == 404 and set(no_version.json()) == {"error"}
 
 
 @pytest.mark.anyio
