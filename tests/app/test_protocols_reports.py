@@ -168,10 +168,15 @@ async def test_invalid_references_are_refused(
     assert header in response.json()["error"]["detail"]
 
 
-async def test_hl7_oru_is_valid_and_carries_the_results(client: httpx.AsyncClient) -> None:
+async def test_hl7_oru_is_valid_and_carries_the_results(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     native = (await _classify(client, "application/json")).json()
     response = await _classify(client, "application/hl7-v2", **REFERENCES)
     assert response.status_code == 200, response.text
+    logged = " ".join(str(record.__dict__) for record in caplog.records)
+    assert any(record.name == "leuk.access" for record in caplog.records)
+    assert "pat-4711" not in logged and "PAT-4711" not in logged
     assert response.headers["content-type"].startswith("x-application/hl7-v2+er7")
     text = response.text
     assert "\n" not in text and text.endswith("\r")
