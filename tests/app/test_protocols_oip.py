@@ -181,6 +181,10 @@ def test_bad_inputs_get_protocol_errors(client: triton.InferenceServerClient, se
         timeout=60,
     )
     assert bad_length.status_code == 400 and "Inference-Header" in bad_length.json()["error"]
+    floats = {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 3], "datatype": "UINT8",
+                          "data": [0.5, 1, 2]}]}  # fmt: skip
+    not_uint8 = httpx.post(f"http://{server}/v2/models/tiny/infer", json=floats, timeout=60)
+    assert not_uint8.status_code == 400 and "0..255" in not_uint8.json()["error"]
     no_version = httpx.get(f"http://{server}/v2/models/tiny/versions/9/ready", timeout=60)
     assert no_version.status_code == 404 and set(no_version.json()) == {"error"}
 
