@@ -9,10 +9,11 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 import numpy as np
+from numpy.typing import NDArray
 
 from app.batching import Batcher
 from app.errors import ModelNotFound, NotReady, RequestTooLargeDecoded, ServiceError
-from app.imaging import DecodedImage, OpenedImage, decode_opened, open_image
+from app.imaging import DecodedImage, OpenedImage, check_input, decode_opened, open_image
 from app.lifecycle import Lifecycle, State
 from app.logging import limit_warning_logs
 from app.memory import DecodeBudget, Reservation
@@ -40,6 +41,10 @@ OOD_MEANING = (
     "are still reported but are not validated for such images and must not be used as a "
     "result; summaries report them separately."
 )
+
+
+def _check_all(pixels: list[NDArray[np.uint8]]) -> list[DecodedImage]:
+    return [DecodedImage(image, "pixels", "RGB", check_input(image)) for image in pixels]
 
 
 class DataPlane:
@@ -92,9 +97,22 @@ class DataPlane:
             decoded = await anyio.to_thread.run_sync(
                 self._decode_all, payloads, reservation, limiter=self._decode_limiter
             )
-            rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
+            return await self._classify_decoded(loaded, decoded, request_id)
         finally:
             reservation.release_all()
+
+    async def classify_pixels(
+        self, loaded: LoadedVersion, pixels: list[NDArray[np.uint8]], request_id: str
+    ) -> ClassifyResponse:
+        """Already-decoded RGB images ([H, W, 3] uint8, e.g. the Open Inference Protocol's
+        UINT8 input): the same input checks, batching and results as ``classify``."""
+        decoded = await anyio.to_thread.run_sync(_check_all, pixels, limiter=self._decode_limiter)
+        return await self._classify_decoded(loaded, decoded, request_id)
+
+    async def _classify_decoded(
+        self, loaded: LoadedVersion, decoded: list[DecodedImage], request_id: str
+    ) -> ClassifyResponse:
+        rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
         results = [
             self._result(i, loaded, image, row)
             for i, (image, row) in enumerate(zip(decoded, rows, strict=True))

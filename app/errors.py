@@ -110,6 +110,18 @@ class VersionNotFound(ServiceError):
     reject_reason = "version_not_found"
 
 
+class InvalidReference(ServiceError):
+    status_code, code = 422, "invalid_reference"
+    default_detail = "A caller reference header is not a valid FHIR reference."
+    reject_reason = "invalid_reference"
+
+
+class InvalidInferenceRequest(ServiceError):
+    status_code, code = 400, "invalid_inference_request"
+    default_detail = "The Open Inference Protocol request is malformed."
+    reject_reason = "invalid_inference_request"
+
+
 class Unauthorized(ServiceError):
     status_code, code = 401, "unauthorized"
     default_detail = "A valid API key is required (X-API-Key or Authorization: Bearer)."

@@ -23,6 +23,7 @@ from app.lifecycle import Lifecycle
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.protocols import oip
 from app.registry import ModelRegistry, warmup_runtime
 from app.runtime import configure_tensorflow, tune_malloc
 from app.security import DOCS_ASSETS, DOCS_PATH, ApiKeyMiddleware, is_open
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.dataplane = dataplane
     install_error_handlers(app)
-    for router in (routes.health, routes.models, routes.classify, routes.operations):
+    for router in (routes.health, routes.models, routes.classify, routes.operations, oip.oip):
         app.include_router(router)
     _document_security(app, auth=bool(api_keys))
     _offline_docs(app)

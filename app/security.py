@@ -21,7 +21,17 @@ from app.errors import Unauthorized, error_response
 
 DOCS_PATH = "/docs"
 DOCS_ASSETS = "/docs/assets"
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", DOCS_PATH, "/openapi.json"})
+# The Open Inference Protocol's probes are the same kind of probe, for KServe-style platforms.
+OPEN_PATHS = frozenset(
+    {
+        "/health/live",
+        "/health/ready",
+        "/v2/health/live",
+        "/v2/health/ready",
+        DOCS_PATH,
+        "/openapi.json",
+    }
+)
 # HTTP's optional whitespace around a header value (RFC 9110 5.6.3).
 _OWS = b" \t"
 

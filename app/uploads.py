@@ -140,3 +140,14 @@ async def _read_multipart(request: Request, stream: _CountingStream, max_files: 
             raise EmptyBody()
         raise MissingImages()
     return payloads
+
+
+async def read_body(request: Request, max_bytes: int, idle_timeout: float) -> bytes:
+    """The whole body of a non-image request (an inference request), under the same limits."""
+    if _declared_length(request, max_bytes) == 0:
+        raise EmptyBody()
+    stream = _CountingStream(request, max_bytes, idle_timeout)
+    body = b"".join([chunk async for chunk in stream.chunks()])
+    if not body:
+        raise EmptyBody()
+    return body

@@ -24,6 +24,7 @@ class RequestBody:
     kind: str  # "raw" or "multipart"
     path: Path
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()  # sent on every request besides Content-Type
 
 
 def make_bodies(image: Path, workdir: Path, field: str = "files") -> dict[str, RequestBody]:
@@ -87,6 +88,7 @@ def run_wrk(
         "BENCH_CONTENT_TYPE": body.content_type,
         "BENCH_MAX_REQUESTS": str(max_requests),
         "BENCH_WRK_JSON": str(out),
+        "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in body.headers),
     }
     t0 = time.monotonic()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -19,6 +19,7 @@ from app.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidMultipart,
+    InvalidReference,
     MissingImages,
     ModelNotFound,
     ModelUnavailable,
@@ -36,6 +37,8 @@ from app.errors import (
     VersionNotFound,
     openapi_errors,
 )
+from app.protocols import negotiation
+from app.protocols.report import CallerReferences, ModelIdentity
 from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
 from app.store import parse_version
 from app.uploads import read_images
@@ -49,6 +52,7 @@ _AUTH = (Unauthorized,)
 _CLASSIFY_ERRORS = openapi_errors(
     EmptyBody,
     InvalidMultipart,
+    InvalidReference,
     Unauthorized,
     ModelNotFound,
     VersionNotFound,
@@ -201,15 +205,24 @@ async def _classify(
     request_id: str,
     name: str | None,
     version: int | None,
-) -> ClassifyResponse:
+) -> ClassifyResponse | Response:
+    report_format = negotiation.negotiate(request.headers.get("accept"))
+    references = (
+        CallerReferences.from_headers(request.headers)  # bad reference: 422 before any work
+        if report_format is not negotiation.ReportFormat.JSON
+        else CallerReferences()
+    )
     model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
     payloads = await read_images(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
     )
     request.state.n_images = len(payloads)
-    return await _unless_client_leaves(
+    result = await _unless_client_leaves(
         request, lambda: dataplane.classify(model, payloads, request_id)
     )
+    if report_format is negotiation.ReportFormat.JSON:
+        return result
+    return negotiation.render_report(report_format, result, ModelIdentity.of(model), references)
 
 
 async def _unless_client_leaves(
@@ -243,14 +256,16 @@ async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> N
 
 
 _CLASSIFY_DOC = dict(
-    response_model=ClassifyResponse, responses=_CLASSIFY_ERRORS, openapi_extra=_CLASSIFY_BODY
+    response_model=ClassifyResponse,
+    responses={**_CLASSIFY_ERRORS, **negotiation.RESPONSES},
+    openapi_extra={**_CLASSIFY_BODY, **negotiation.OPENAPI},
 )
 
 
 @classify.post("/v1/classify", summary="Classify images with the default model", **_CLASSIFY_DOC)  # type: ignore[arg-type]
 async def classify_default(
     request: Request, dataplane: DataPlaneDep, settings: SettingsDep, request_id: RequestIdDep
-) -> ClassifyResponse:
+) -> ClassifyResponse | Response:
     return await _classify(request, dataplane, settings, request_id, None, None)
 
 
@@ -261,7 +276,7 @@ async def classify_model(
     dataplane: DataPlaneDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-) -> ClassifyResponse:
+) -> ClassifyResponse | Response:
     return await _classify(request, dataplane, settings, request_id, name, None)
 
 
@@ -277,7 +292,7 @@ async def classify_version(
     dataplane: DataPlaneDep,
     settings: SettingsDep,
     request_id: RequestIdDep,
-) -> ClassifyResponse:
+) -> ClassifyResponse | Response:
     return await _classify(request, dataplane, settings, request_id, name, _version(version))
 
 

@@ -7,6 +7,7 @@
 --                       Soft by up to connections - 1: thread:stop() ends the event loop after
 --                       the current pass, and responses already read in that pass still count.
 --   BENCH_WRK_JSON      where done() writes the summary as JSON
+--   BENCH_HEADERS       optional extra headers, one "Name: value" per line (e.g. Accept)
 
 local body_path = assert(os.getenv("BENCH_BODY"), "BENCH_BODY not set")
 local f = assert(io.open(body_path, "rb"))
@@ -14,6 +15,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = assert(os.getenv("BENCH_CONTENT_TYPE"), "BENCH_CONTENT_TYPE not set")
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 
 local max_requests = tonumber(os.getenv("BENCH_MAX_REQUESTS") or "0")
 local threads = {}
