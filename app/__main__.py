@@ -18,7 +18,7 @@ def uvicorn_log_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "app.logging.JsonFormatter"}},
+        "formatters": {"json": {"()": "app.log.JsonFormatter"}},
         "handlers": {"json": handler},
         "loggers": {
             "uvicorn": {"handlers": ["json"], "level": level, "propagate": False},

@@ -13,9 +13,10 @@ from numpy.typing import NDArray
 
 from app.batching import Batcher
 from app.errors import ModelNotFound, NotReady, RequestTooLargeDecoded, ServiceError
-from app.imaging import DecodedImage, OpenedImage, check_input, decode_opened, open_image
+from app.imaging import DecodedImage, OpenedImage, decode_opened, open_image
+from app.input_checks import check_input
 from app.lifecycle import Lifecycle, State
-from app.logging import limit_warning_logs
+from app.log import limit_warning_logs
 from app.memory import DecodeBudget, Reservation
 from app.metrics import Metrics
 from app.registry import LoadedVersion, ModelRegistry
@@ -28,6 +29,7 @@ from app.schemas import (
     Summary,
 )
 from app.settings import Settings
+from contract.card import InputChecks
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -43,8 +45,11 @@ OOD_MEANING = (
 )
 
 
-def _check_all(pixels: list[NDArray[np.uint8]]) -> list[DecodedImage]:
-    return [DecodedImage(image, "pixels", "RGB", check_input(image)) for image in pixels]
+def _check_all(pixels: list[NDArray[np.uint8]], rule: InputChecks) -> list[DecodedImage]:
+    return [
+        DecodedImage(image, "pixels", "RGB", check_input(image, image.shape[1::-1], rule))
+        for image in pixels
+    ]
 
 
 class DataPlane:
@@ -95,7 +100,11 @@ class DataPlane:
         reservation = self.decode_budget.reservation()
         try:
             decoded = await anyio.to_thread.run_sync(
-                self._decode_all, payloads, reservation, limiter=self._decode_limiter
+                self._decode_all,
+                payloads,
+                loaded.card.input_checks,
+                reservation,
+                limiter=self._decode_limiter,
             )
             return await self._classify_decoded(loaded, decoded, request_id)
         finally:
@@ -106,7 +115,9 @@ class DataPlane:
     ) -> ClassifyResponse:
         """Already-decoded RGB images ([H, W, 3] uint8, e.g. the Open Inference Protocol's
         UINT8 input): the same input checks, batching and results as ``classify``."""
-        decoded = await anyio.to_thread.run_sync(_check_all, pixels, limiter=self._decode_limiter)
+        decoded = await anyio.to_thread.run_sync(
+            _check_all, pixels, loaded.card.input_checks, limiter=self._decode_limiter
+        )
         return await self._classify_decoded(loaded, decoded, request_id)
 
     async def _classify_decoded(
@@ -129,24 +140,32 @@ class DataPlane:
             summary=self._summary(loaded, results) if len(results) > 1 else None,
         )
 
-    def _decode_all(self, payloads: list[bytes], reservation: Reservation) -> list[DecodedImage]:
+    def _decode_all(
+        self, payloads: list[bytes], rule: InputChecks, reservation: Reservation
+    ) -> list[DecodedImage]:
         """Every header first (per-image and per-request pixel limits before any decoding),
         then one image at a time inside the memory budget."""
         with limit_warning_logs():
-            opened = self._each(payloads, lambda p: open_image(p, self.settings.max_image_pixels))
+            opened = self._each(
+                payloads, lambda p: open_image(p, self.settings.max_image_pixels, rule)
+            )
             declared = sum(image.declared_pixels for image in opened)
             if declared > self.settings.max_request_pixels:
                 raise RequestTooLargeDecoded(
                     f"The images have {declared} pixels together; the limit is "
                     f"{self.settings.max_request_pixels} per request."
                 )
-            return self._each(opened, lambda image: self._decode_in_budget(image, reservation))
+            return self._each(
+                opened, lambda image: self._decode_in_budget(image, rule, reservation)
+            )
 
     @staticmethod
-    def _decode_in_budget(image: OpenedImage, reservation: Reservation) -> DecodedImage:
+    def _decode_in_budget(
+        image: OpenedImage, rule: InputChecks, reservation: Reservation
+    ) -> DecodedImage:
         reservation.take(image.decode_bytes + image.kept_bytes)
         try:
-            return decode_opened(image)
+            return decode_opened(image, rule)
         finally:
             reservation.give_back(image.decode_bytes)
 

@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from app.batching import Batcher
 from app.errors import NotReady, ServiceError
-from app.logging import get_logger
+from app.log import get_logger
 from app.metrics import Metrics
 from app.registry import LoadedVersion, ModelRegistry
 from app.settings import Settings

@@ -20,7 +20,7 @@ from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
 from app.lifecycle import Lifecycle
-from app.logging import configure_logging, get_logger
+from app.log import configure_logging, get_logger
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.protocols import oip

@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import reset_request_id, set_request_id
 from app.errors import ServiceError, ShuttingDown, error_response
-from app.logging import get_logger
+from app.log import get_logger
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"

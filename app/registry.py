@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.errors import ModelNotFound, ModelUnavailable, VersionNotFound
-from app.logging import get_logger
+from app.log import get_logger
 from app.runtime import ModelRuntime, SavedModelRuntime
 from app.store import Fingerprint, ModelStore, VersionFailed
 from contract.card import ModelCard

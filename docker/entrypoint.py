@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import runpy
 
-from app.logging import configure_logging, get_logger
+from app.log import configure_logging, get_logger
 from app.settings import Settings
 
 

@@ -22,9 +22,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from app.batching import BATCH_TOLERANCE
-from app.imaging import decode_image
 from app.registry import ModelRegistry, probe_images
 from app.store import ModelStore
+from contract.imaging import decode_file
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (2, 3, 4, 5, 8, 16)
@@ -33,7 +33,7 @@ SIZES = (2, 3, 4, 5, 8, 16)
 def real_cells() -> list[NDArray[np.uint8]]:
     paths = sorted((REPO / "tests" / "data" / "cnmc_real").rglob("*.png"))
     paths += sorted((REPO / "tests" / "data" / "cnmc_bmp").glob("*.bmp"))
-    return [decode_image(p.read_bytes(), 10**8).pixels for p in paths]
+    return [decode_file(p) for p in paths]
 
 
 def measure(registry: ModelRegistry, name: str, version: int) -> dict[str, object]:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from app.imaging import check_input, decode_image
+from app.input_checks import check_input
+from contract.imaging import decode_image
 
 
 def main(root: Path) -> None:
@@ -22,7 +23,7 @@ def main(root: Path) -> None:
         for path in files:
             pixels = decode_image(path.read_bytes(), max_pixels=50_000_000).pixels
             start = time.perf_counter()
-            check = check_input(pixels)
+            check = check_input(pixels, pixels.shape[1::-1])
             seconds += time.perf_counter() - start
             flagged += check.out_of_distribution
             border.append(check.border_dark_fraction)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from contract.imaging import decode_file
 
 LABELS: tuple[str, str] = ("hem", "all")
 """Class order everywhere (model output columns): index 1 is the positive class ``all``."""
@@ -147,9 +148,9 @@ def discover(root: Path | str) -> Dataset:
 
 
 def decode_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to a uint8 ``[H, W, 3]`` RGB array."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """A uint8 ``[H, W, 3]`` RGB array, decoded exactly as the service decodes an upload of
+    the same bytes (contract.imaging: alpha on black, 16-bit scaled, EXIF orientation)."""
+    return decode_file(path)
 
 
 def pixel_sha256(pixels: np.ndarray) -> str:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.logging import capture_python_warnings
+from app.log import capture_python_warnings
 from app.main import create_app
 from app.settings import Settings
 from tests.app.tiny_model import export_tiny_model
@@ -31,7 +31,7 @@ COMMITTED_STORE = Path(os.environ.get("APP_TEST_MODEL_STORE", REPO / "model_stor
 
 @pytest.fixture(autouse=True)
 def python_warnings_as_in_the_service() -> None:
-    """The service routes Python warnings through app.logging once, at start-up; pytest swaps
+    """The service routes Python warnings through app.log once, at start-up; pytest swaps
     the warnings machinery for every test, so each test gets it installed again."""
     capture_python_warnings()
 

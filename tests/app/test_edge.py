@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from numpy.typing import NDArray
 
-from app.logging import LOGGER_NAME, JsonFormatter
+from app.log import LOGGER_NAME, JsonFormatter
 from app.settings import Settings
 from tests.app.conftest import CNMC_PNGS, serve
 

@@ -11,7 +11,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, TruncatedImage, UnsupportedImageMode
-from app.imaging import EXIF_ORIENTATION, MAX_DECODED_SIDE, decode_image
+from app.imaging import decode_image
+from contract.card import InputChecks
+from contract.imaging import EXIF_ORIENTATION
+
+MAX_DECODED_SIDE = max(InputChecks().expected_size)  # the service downscales to the card's size
 
 LIMIT = 25_000_000
 INPUT_ERRORS = (InvalidImage, TruncatedImage, ImageTooLarge, UnsupportedImageMode)

@@ -42,7 +42,7 @@ def server(tiny_store_template: Path) -> Iterator[str]:
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
-    while not (uvicorn_server.started and app.state.dataplane.state.ready):
+    while not (uvicorn_server.started and app.state.dataplane.lifecycle.ready):
         assert time.monotonic() < deadline, "server did not become ready"
         assert thread.is_alive(), "server thread died"
         time.sleep(0.05)

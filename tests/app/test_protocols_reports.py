@@ -89,7 +89,7 @@ async def test_fhir_bundle_is_valid_and_carries_the_results(client: httpx.AsyncC
     (device,) = _resources(bundle, "Device")
     device_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is device)
     assert device["deviceName"][0]["name"] == "tiny" and device["version"][0]["value"] == "2"
-    digest = client.app.state.dataplane.registry.get_loaded("tiny", 2).card.files  # type: ignore[attr-defined]
+    digest = client.app.state.dataplane.registry.loaded("tiny", 2).card.files  # type: ignore[attr-defined]
     assert device["identifier"] == [
         {"system": MODEL_DIGEST_SYSTEM, "value": digest["saved_model.pb"]}
     ]

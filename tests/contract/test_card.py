@@ -53,17 +53,19 @@ def test_malformed_cards_are_refused(change: dict[str, Any]) -> None:
         ModelCard.model_validate(_committed() | change)
 
 
-def test_input_checks_defaults_are_the_service_constants() -> None:
-    """Until the service reads them from the card, both must state the same rule."""
-    from app import imaging
+def test_the_service_applies_the_cards_input_checks() -> None:
+    """The rule lives in the card: a card with another rule changes the service's flags."""
+    import numpy as np
 
-    checks = InputChecks()
-    assert checks.dark_level == imaging.DARK_LEVEL
-    assert checks.border_width == imaging.BORDER_WIDTH
-    assert checks.min_border_dark == imaging.MIN_BORDER_DARK
-    assert checks.min_foreground == imaging.MIN_FOREGROUND
-    assert checks.max_foreground == imaging.MAX_FOREGROUND
-    assert checks.expected_size == imaging.EXPECTED_SIZE
+    from app.input_checks import check_input
+
+    cell = np.zeros((450, 450, 3), dtype=np.uint8)
+    cell[150:300, 150:300] = 200  # 11 % foreground, black border: a C-NMC-like cell
+    assert not check_input(cell, (450, 450), InputChecks()).out_of_distribution
+    strict = InputChecks(min_foreground=0.2, max_foreground=0.5)
+    assert check_input(cell, (450, 450), strict).reasons == ["no_cell_visible"]
+    smaller = InputChecks(expected_size=(300, 300))
+    assert check_input(cell, (450, 450), smaller).reasons == ["unexpected_size"]
 
 
 def test_reading_a_card_imports_no_tensorflow() -> None:

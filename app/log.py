@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -61,43 +61,14 @@ def configure_logging(level: str) -> None:
 
 # Python warnings, e.g. Pillow's "Tag data larger than file" for a damaged upload that still
 # decodes: by default they are plain text on stderr (breaking the JSON log), without a request
-# id, and each distinct text only once per process. Here every one becomes a JSON record of
-# ``leuk.warnings`` (with the request id of the thread's context), and code that wants them
-# (decode_image) collects those raised inside a block with ``collect_warnings``. Warning texts
-# are capped: libraries' messages name tags and sizes, never pixel data, but stay bounded.
-# One damaged file can raise tens of thousands of warnings (one per broken EXIF entry), so the
-# output is bounded too: a collecting block keeps ``MAX_NOTES`` distinct texts and counts the
-# rest, and inside ``limit_warning_logs`` (a request; each collecting block opens one if none
-# is open) at most ``MAX_WARNING_LOG_LINES`` records are written, plus one counting the rest.
+# id. Here every one becomes a JSON record of ``leuk.warnings`` (with the request id of the
+# thread's context). Texts are capped: libraries' messages name tags and sizes, never pixel
+# data, but stay bounded. One damaged file can raise tens of thousands of warnings (one per
+# broken EXIF entry), so inside ``limit_warning_logs`` (a request's decoding) at most
+# ``MAX_WARNING_LOG_LINES`` records are written, plus one counting the rest. (What a damaged
+# image reports in its own result is the decoder's business: contract.imaging.)
 WARNING_TEXT_LIMIT = 200
-MAX_NOTES = 5
 MAX_WARNING_LOG_LINES = 20
-
-
-@dataclass
-class WarningNotes:
-    """Distinct warning texts raised in a block, at most ``MAX_NOTES``; ``more`` counts the
-    occurrences of texts that did not fit."""
-
-    texts: list[str] = field(default_factory=list)
-    more: int = 0
-
-    def add(self, text: str) -> bool:
-        """Keep ``text``; True when it is new and listed."""
-        if text in self.texts:
-            return False
-        if len(self.texts) >= MAX_NOTES:
-            self.more += 1
-            return False
-        self.texts.append(text)
-        return True
-
-    def after(self, earlier: WarningNotes) -> WarningNotes:
-        """``earlier``'s notes followed by these, under the same cap."""
-        combined = WarningNotes(more=earlier.more + self.more)
-        for text in [*earlier.texts, *self.texts]:
-            combined.add(text)
-        return combined
 
 
 @dataclass
@@ -106,7 +77,6 @@ class _LogAllowance:
     suppressed: int = 0
 
 
-_collected: ContextVar[WarningNotes | None] = ContextVar("leuk_collected_warnings", default=None)
 _allowance: ContextVar[_LogAllowance | None] = ContextVar("leuk_warning_logs", default=None)
 
 
@@ -118,35 +88,35 @@ def _show_warning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    text = str(message)[:WARNING_TEXT_LIMIT]
-    notes = _collected.get()
-    listed = notes.add(text) if notes is not None else True
     allowance = _allowance.get()
     if allowance is not None:
-        if not listed or allowance.remaining <= 0:
+        if allowance.remaining <= 0:
             allowance.suppressed += 1
             return
         allowance.remaining -= 1
     get_logger("warnings").warning(
         "python warning",
-        extra={"category": category.__name__, "warning": text,
+        extra={"category": category.__name__, "warning": str(message)[:WARNING_TEXT_LIMIT],
                "source": f"{Path(filename).name}:{lineno}"},
     )  # fmt: skip
 
 
 def capture_python_warnings() -> None:
-    """Route warnings through ``_show_warning``. Done once at start-up (configure_logging);
-    idempotent."""
-    if warnings.showwarning is _show_warning:
+    """Log Python warnings as JSON (``_show_warning``). Done once at start-up
+    (configure_logging); idempotent. Pillow's decompression-bomb warning (its fixed limit) is
+    dropped: the service's own pixel limit is the one that counts (LEUK_MAX_IMAGE_PIXELS)."""
+    if _is_installed():
         return
     warnings.showwarning = _show_warning
-    # Every occurrence of a Pillow warning, not the first per text: each damaged upload is
-    # reported with its own request. Pillow's decompression-bomb warning (its fixed limit) is
-    # dropped: the service's own pixel limit is the one that counts (decode_image).
-    warnings.filterwarnings("always", module=r"PIL(\.|$)")
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _is_installed() -> bool:
+    """Ours, directly or wrapped by the decoder's capture (contract.imaging forwards to it)."""
+    handler = warnings.showwarning
+    return handler is _show_warning or getattr(handler, "forward", None) is _show_warning
 
 
 @contextmanager
@@ -166,17 +136,3 @@ def limit_warning_logs(max_lines: int = MAX_WARNING_LOG_LINES) -> Iterator[None]
             get_logger("warnings").warning(
                 "python warnings suppressed", extra={"suppressed": allowance.suppressed}
             )
-
-
-@contextmanager
-def collect_warnings() -> Iterator[WarningNotes]:
-    """The distinct Python warnings raised in this context (this thread) inside the block,
-    under ``limit_warning_logs``; needs ``capture_python_warnings`` in force (the service
-    installs it at start-up)."""
-    notes = WarningNotes()
-    token = _collected.set(notes)
-    try:
-        with limit_warning_logs():
-            yield notes
-    finally:
-        _collected.reset(token)
