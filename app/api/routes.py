@@ -207,8 +207,12 @@ async def _classify(
     version: int | None,
 ) -> ClassifyResponse | Response:
     report_format = negotiation.negotiate(request.headers.get("accept"))
-    # Validated whatever the answer's format: a bad reference is 422 before any work.
-    references = CallerReferences.from_headers(request.headers)
+    # A bad reference is 422 before any work.
+    if report_format is negotiation.ReportFormat.JSON:
+        CallerReferences.check_lengths(request.headers)
+        references = CallerReferences()
+    else:
+        references = CallerReferences.from_headers(request.headers)
     model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
     payloads = await read_images(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds

@@ -141,6 +141,16 @@ class CallerReferences:
 
         return cls(subject=read(SUBJECT), specimen=read(SPECIMEN), based_on=read(BASED_ON))
 
+    @staticmethod
+    def check_lengths(headers: Mapping[str, str]) -> None:
+        """What a JSON answer, which carries no reference, still checks: the schema's
+        length bound (a reference is only parsed where it is copied into the answer)."""
+        for kind in (SUBJECT, SPECIMEN, BASED_ON):
+            if len(headers.get(kind.header, "")) > MAX_REFERENCE_LENGTH:
+                raise InvalidReference(
+                    f"{kind.header} is longer than {MAX_REFERENCE_LENGTH} chars."
+                )
+
 
 def reference_headers_openapi() -> list[dict[str, object]]:
     """OpenAPI parameters for the reference headers (used by FHIR and HL7 v2 answers)."""
@@ -150,9 +160,12 @@ def reference_headers_openapi() -> list[dict[str, object]]:
             "in": "header",
             "required": False,
             "description": f"FHIR reference to a {' or '.join(kind.resource_types)} "
-            f"(e.g. '{kind.resource_types[0]}/123'), copied into the FHIR and HL7 v2 answers; "
-            "ignored for JSON.",
-            "schema": {"type": "string", "maxLength": MAX_REFERENCE_LENGTH},
+            f"(e.g. '{kind.resource_types[0]}/123'), copied into the FHIR and HL7 v2 answers "
+            "(not into JSON ones, which only check its length).",
+            "schema": {
+                "type": "string",
+                "maxLength": MAX_REFERENCE_LENGTH,
+            },
         }
         for kind in (SUBJECT, SPECIMEN, BASED_ON)
     ]

@@ -212,10 +212,19 @@ async def test_hl7_oru_is_valid_and_carries_the_results(
 
 async def test_default_answer_is_unchanged_json(client: httpx.AsyncClient) -> None:
     response = await client.post(
+        "/v1/classify", files=_files(), headers={"X-FHIR-Subject": "Patient/PAT-1"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert "PAT-1" not in response.text  # references only appear in FHIR and HL7 answers
+    loose = await client.post(
         "/v1/classify", files=_files(), headers={"X-FHIR-Subject": "not a reference"}
     )
-    assert response.status_code == 200  # references only matter to FHIR and HL7 answers
-    assert response.headers["content-type"] == "application/json"
+    assert loose.status_code == 200  # a JSON answer carries no reference: only its length
+    too_long = await client.post(
+        "/v1/classify", files=_files(), headers={"X-FHIR-Subject": "Patient/" + "1" * 600}
+    )
+    assert too_long.status_code == 422
     assert set(response.json()) == {"request_id", "model", "version", "results", "summary"}
 
 
