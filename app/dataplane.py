@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -143,11 +144,17 @@ class DataPlane:
         return loaded
 
     async def classify(
-        self, loaded: LoadedVersion, payloads: list[bytes], request_id: str
+        self,
+        loaded: LoadedVersion,
+        payloads: list[bytes],
+        request_id: str,
+        on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
     ) -> ClassifyResponse:
         decoded = await anyio.to_thread.run_sync(
             self._decode_all, payloads, limiter=self._decode_limiter
         )
+        if on_decoded is not None:  # the audit trail records format and size
+            on_decoded(decoded)
         rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
         results = [
             self._result(i, loaded, image, row)

@@ -15,9 +15,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import routes
+from app.audit import api as audit_api
+from app.audit.trail import AuditTrail
 from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.keys import parse_api_keys
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -58,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exact=settings.exact_batching,
     )
     dataplane = DataPlane(settings, registry, batcher, metrics)
-    api_keys = settings.load_api_keys()
+    api_keys = parse_api_keys(settings.load_api_keys())
+    audit = AuditTrail(settings, metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.tune_malloc:
             tune_malloc()
         batcher.start()
+        await anyio.to_thread.run_sync(audit.start)
         _log.info(
             "starting", extra={"model_store": str(settings.model_store), "auth": bool(api_keys)}
         )
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 tasks.cancel_scope.cancel()
                 batcher.stop()
+                await anyio.to_thread.run_sync(audit.stop)  # writes what is queued first
                 _log.info("stopped")
 
     app = FastAPI(
@@ -93,8 +99,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = dataplane
+    app.state.audit = audit
     install_error_handlers(app)
-    for router in (routes.health, routes.models, routes.classify, routes.operations):
+    for router in (
+        routes.health,
+        routes.models,
+        routes.classify,
+        routes.operations,
+        audit_api.router,
+    ):
         app.include_router(router)
     _document_security(app)
     _offline_docs(app)

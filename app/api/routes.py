@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
+from app.audit.api import audit_draft, begin_audit, get_audit_trail
+from app.audit.trail import AuditTrail
 from app.errors import (
+    AuditUnavailable,
     EmptyBody,
+    Forbidden,
     ImageTooLarge,
     InvalidImage,
     InvalidMultipart,
@@ -31,12 +35,17 @@ from app.errors import (
     error_response,
     openapi_errors,
 )
+from app.keys import Role
 from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
+from app.security import require_role
 from app.uploads import read_images
 
 health = APIRouter(tags=["health"])
 models = APIRouter(tags=["models"])
-classify = APIRouter(tags=["classify"])
+# Every route on this router needs a classify key and is audited (app/audit).
+classify = APIRouter(
+    tags=["classify"], dependencies=[Depends(require_role(Role.classify)), Depends(begin_audit)]
+)
 operations = APIRouter(tags=["operations"])
 
 _AUTH = (Unauthorized,)
@@ -44,6 +53,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     EmptyBody,
     InvalidMultipart,
     Unauthorized,
+    Forbidden,
     ModelNotFound,
     VersionNotFound,
     PayloadTooLarge,
@@ -58,6 +68,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     NotReady,
     ModelUnavailable,
     Overloaded,
+    AuditUnavailable,
 )
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
@@ -120,9 +131,12 @@ async def ready(dataplane: DataPlaneDep) -> Ready:
     summary="Health summary: readiness, why not, every model version's state",
     responses=openapi_errors(*_AUTH),
 )
-def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
+def health_summary(dataplane: DataPlaneDep, request: Request) -> JSONResponse:
     summary = dataplane.health()
-    return JSONResponse(summary.model_dump(), status_code=200 if summary.ready else 503)
+    trail: AuditTrail = get_audit_trail(request)
+    summary.audit = trail.health()
+    healthy = summary.ready and not trail.blocks_classify(summary.audit)
+    return JSONResponse(summary.model_dump(), status_code=200 if healthy else 503)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -188,10 +202,15 @@ async def _classify(
     name: str | None,
     version: int | None,
 ) -> ClassifyResponse:
-    model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
-    payloads = await read_images(request, settings.max_upload_bytes, settings.max_files)
+    audit = audit_draft(request)
+    model = audit.model = await dataplane.resolve(name, version)  # 404 before reading the body
+    payloads = audit.payloads = await read_images(
+        request, settings.max_upload_bytes, settings.max_files
+    )
     request.state.n_images = len(payloads)
-    return await dataplane.classify(model, payloads, request_id)
+    response = await dataplane.classify(model, payloads, request_id, audit.note_decoded)
+    await audit.record_result(response)  # fail-closed: no record, no result
+    return response
 
 
 _CLASSIFY_DOC = dict(

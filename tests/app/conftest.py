@@ -36,6 +36,15 @@ def python_warnings_as_in_the_service() -> None:
     capture_python_warnings()
 
 
+@pytest.fixture(autouse=True)
+def audit_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's audit database (SQLite, the default) goes to its own temp folder, never
+    into the working directory."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("LEUK_DATA_DIR", str(data))
+    return data
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
