@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 tasks.cancel_scope.cancel()
                 batcher.stop()
-                await anyio.to_thread.run_sync(audit.stop)  # writes what is queued first
+                with anyio.CancelScope(shield=True):  # the task group is being cancelled
+                    await anyio.to_thread.run_sync(audit.stop)  # writes what is queued first
                 _log.info("stopped")
 
     app = FastAPI(

@@ -17,7 +17,7 @@ from app.keys import ApiKey, Role
 from app.security import require_role
 
 SAMPLE_ID_HEADER = "X-Sample-ID"
-SAMPLE_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+SAMPLE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _OUTCOME = re.compile(r"^(ok|[0-9]{3}|[a-z_]{1,64})$")
 
 
@@ -32,22 +32,29 @@ async def begin_audit(
         str | None,
         Header(
             alias=SAMPLE_ID_HEADER,
-            pattern=SAMPLE_ID_PATTERN,
             description="Optional: the caller's own pseudonymous identifier of the sample or "
             "accession (opaque printable ASCII, at most 128 characters, no spaces). Stored in "
             "the audit trail and searchable there; never put a patient's name or number here.",
         ),
     ] = None,
 ) -> None:
-    """Start the audit draft of a classify request (every route on the classify router)."""
+    """Start the audit draft of a classify request (every route on the classify router).
+
+    The header is checked here rather than by FastAPI, so that a request refused for a
+    malformed sample ID is itself recorded (FastAPI would skip this dependency)."""
     key: ApiKey | None = request.scope.get("state", {}).get("api_key")
     route = getattr(request.scope.get("route"), "path", request.url.path)
+    valid = sample_id is None or SAMPLE_ID.match(sample_id) is not None
     request.state.audit = get_audit_trail(request).begin(
         request_id=request.state.request_id,
         route=route,
         caller=key.name if key is not None else ANONYMOUS,
-        sample_id=sample_id,
+        sample_id=sample_id if valid else None,
     )
+    if not valid:
+        raise ValidationFailed(
+            f"{SAMPLE_ID_HEADER}: 1 to 128 printable ASCII characters, no spaces."
+        )
 
 
 def audit_draft(request: Request) -> AuditDraft:

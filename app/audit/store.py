@@ -115,10 +115,16 @@ class AuditStore:
         with self.engine.begin() as connection:
             return _chain_insert(connection, records)
 
-    def ping(self) -> None:
+    def check_writable(self) -> None:
+        """Commit a write outside the chain (the head's ``checked_at``): raises when the
+        database cannot be written, which a read would not show (a read-only file)."""
         self.migrate()
-        with self.engine.connect() as connection:
-            connection.execute(select(audit_chain_head.c.seq)).one()
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(audit_chain_head)
+                .where(audit_chain_head.c.id == 1)
+                .values(checked_at=utc_timestamp())
+            )
 
     # --- reading -------------------------------------------------------------------------
     def query(self, where: RecordFilter, limit: int) -> list[dict[str, Any]]:

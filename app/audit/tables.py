@@ -75,6 +75,8 @@ audit_chain_head = Table(
     Column("hash", String(64), nullable=False),
     Column("anchor_seq", BigInteger, nullable=False),
     Column("anchor_hash", String(64), nullable=False),
+    # Last write check (health): outside the chain, changed by nothing else.
+    Column("checked_at", String(32)),
 )
 
 # Columns a caller fills in; seq, prev_hash and hash are assigned by the store.

@@ -128,7 +128,7 @@ class AuditTrail:
             )
         if self.last_error is not None:
             try:
-                self.store.ping()
+                self.store.check_writable()
                 self.last_error = None
             except Exception as exc:
                 self.last_error = _describe(exc)
@@ -217,6 +217,7 @@ class AuditDraft:
             "model": model.name if model else None,
             "model_version": model.version if model else None,
             "status": status,
+            "error_code": error_code,
         }
         payloads = list(self.payloads or [])
         request = {
@@ -226,7 +227,6 @@ class AuditDraft:
             "route": self.route,
             "model_digest": model.card.files.get("saved_model.pb") if model else None,
             "threshold": model.card.threshold if model else None,
-            "error_code": error_code,
             "latency_ms": round(seconds * 1000, 3),
             "n_images": len(payloads) if self.payloads is not None else None,
         }

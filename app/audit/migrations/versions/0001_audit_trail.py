@@ -61,6 +61,7 @@ def upgrade() -> None:
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("anchor_seq", sa.BigInteger(), nullable=False),
         sa.Column("anchor_hash", sa.String(64), nullable=False),
+        sa.Column("checked_at", sa.String(32)),
     )
     op.bulk_insert(
         head,
