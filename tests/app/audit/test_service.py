@@ -17,7 +17,7 @@ import pytest
 
 from app.audit.store import AuditStore
 from app.settings import Settings
-from tests.app.audit.conftest import PostgresServer
+from bench.postgres import PostgresServer
 from tests.app.conftest import CNMC_PNGS, OOD_JPEGS, serve
 from tests.app.test_api import assert_error, metric_value
 
