@@ -22,6 +22,7 @@ import asyncio
 import json
 import shutil
 import signal
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def stored_ok(url: str) -> tuple[int, int]:
     """(request records with status 200, image records with status 200)."""
     store = AuditStore(url)
     try:
-        with store.engine.connect() as connection:
+        with store.reading() as connection:
             rows = connection.execute(
                 text("SELECT kind, count(*) FROM audit_record WHERE status = 200 GROUP BY kind")
             ).all()
@@ -144,7 +145,7 @@ def sigterm_point(out: Path, store: Path, env: dict[str, str], url: str) -> dict
     ids = result.pop("answered_200")
     store_ = AuditStore(url)
     try:
-        with store_.engine.connect() as connection:
+        with store_.reading() as connection:
             recorded = {
                 row[0]
                 for row in connection.execute(
@@ -195,12 +196,13 @@ def verify_time(url: str, n: int = 100_000) -> dict[str, Any]:
 def size_per_1000_images(url: str, sqlite_file: Path | None) -> dict[str, Any]:
     store = AuditStore(url)
     try:
-        with store.engine.connect() as connection:
+        with store.reading() as connection:
             images = connection.execute(
                 text("SELECT count(*) FROM audit_record WHERE kind = 'image'")
             ).scalar_one()
             if sqlite_file is not None:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                with sqlite3.connect(sqlite_file) as raw:  # fold the WAL into the file
+                    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 size = sqlite_file.stat().st_size
             else:
                 size = connection.execute(

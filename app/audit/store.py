@@ -30,6 +30,7 @@ from app.audit.tables import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "audit_read_only"  # execution option of reading connections
 _MIGRATION_LOCK_ID = 0x4C45554B  # PostgreSQL advisory lock: one replica migrates at a time
 
 
@@ -74,7 +75,9 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers take no write lock: in WAL mode they read a snapshot while writers go on.
+        reading = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -86,6 +89,10 @@ class AuditStore:
         self.backend = self.engine.dialect.name
         self._migrated = False
         self._migrate_lock = threading.Lock()
+
+    def reading(self) -> Connection:
+        """A connection for reads only (on SQLite it takes no write lock)."""
+        return self.engine.connect().execution_options(**{READ_ONLY: True})
 
     def describe(self) -> str:
         """The URL without its password (for health and logs)."""
@@ -148,7 +155,7 @@ class AuditStore:
         if where.until is not None:
             statement = statement.where(c.recorded_at < where.until)
         statement = statement.order_by(c.seq).limit(limit)
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             return [_decoded(row._asdict()) for row in connection.execute(statement)]
 
     def iter_records(self, batch: int = 5000) -> Iterator[dict[str, Any]]:
@@ -162,13 +169,13 @@ class AuditStore:
             after = page[-1]["seq"]
 
     def count(self) -> int:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             return int(connection.execute(select(func.count()).select_from(audit_record)).one()[0])
 
     def verify(self) -> Verification:
         """Walk the whole chain from the anchor to the head (streamed, raw stored values)."""
         self.migrate()
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             head = connection.execute(select(audit_chain_head)).one()
             rows = (
                 row._mapping
