@@ -10,7 +10,7 @@ audit trail, and routers that need a role declare ``Depends(require_role(...))``
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,10 +43,10 @@ def matching_key(presented: str | None, keys: list[ApiKey]) -> ApiKey | None:
     return matched
 
 
-def require_role(needed: Role) -> Callable[[Request], None]:
+def require_role(needed: Role) -> Callable[[Request], Awaitable[None]]:
     """Router dependency: the key used must have a role allowing ``needed`` (no keys: open)."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: no thread-pool hop per request
         key: ApiKey | None = request.scope.get("state", {}).get("api_key")
         if key is not None and not allows(key.role, needed):
             raise Forbidden(

@@ -296,12 +296,21 @@ def _summary(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "cost_percent": round((1 - on / off) * 100, 1),
             "records_lost": sum(p["records_lost"] for p in points[variant]),
             "p50_ms": [round(p["latency_ms"]["p50"], 1) for p in points[variant]],
+            "server_cpu_ms_per_image": _cpu_per_image(points[variant]),
         }
+    summary["off_server_cpu_ms_per_image"] = _cpu_per_image(points["off"])
     summary["off_p50_ms"] = [round(p["latency_ms"]["p50"], 1) for p in points["off"]]
     summary["per_round_images_per_s"] = {
         v: [round(p["images_per_s"], 1) for p in points[v]] for v in points
     }
     return summary
+
+
+def _cpu_per_image(points: list[dict[str, Any]]) -> float:
+    """Server CPU per image answered: unlike images/s, barely moved by other processes."""
+    cpu = sum(p["server_cpu_s"] for p in points)
+    images = sum(p["ok"] for p in points)
+    return round(cpu / max(1, images) * 1000, 2)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ from app.uploads import read_images
 
 health = APIRouter(tags=["health"])
 models = APIRouter(tags=["models"])
-# Every route on this router needs a classify key and is audited (app/audit).
+# Every route on this router is audited (app/audit) and needs a classify key; the audit
+# draft starts first, so a refused key's request is recorded too.
 classify = APIRouter(
-    tags=["classify"], dependencies=[Depends(require_role(Role.classify)), Depends(begin_audit)]
+    tags=["classify"], dependencies=[Depends(begin_audit), Depends(require_role(Role.classify))]
 )
 operations = APIRouter(tags=["operations"])
 

@@ -152,9 +152,12 @@ async def test_roles_decide_who_classifies_and_who_reads_the_trail(
             "/v1/audit", params={"kind": "request", "after_seq": after}, headers=ADMIN
         )
 
-    assert callers == ["lab-a", "key-1", "root"]  # the refused read key classified nothing
+    assert callers == ["lab-a", "key-1", "root", "viewer"]  # the read key's refusal too
     assert [r["caller"] for r in page.json()["records"]] == ["lab-a", "key-1"]
-    assert [r["caller"] for r in rest.json()["records"]] == ["root"]
+    assert [(r["caller"], r["status"], r["error_code"]) for r in rest.json()["records"]] == [
+        ("root", 200, None),
+        ("viewer", 403, "forbidden"),
+    ]
     assert rest.json()["next_after_seq"] is None
 
 
