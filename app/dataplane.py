@@ -151,10 +151,8 @@ class DataPlane:
         on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
     ) -> ClassifyResponse:
         decoded = await anyio.to_thread.run_sync(
-            self._decode_all, payloads, limiter=self._decode_limiter
+            self._decode_all, payloads, on_decoded, limiter=self._decode_limiter
         )
-        if on_decoded is not None:  # the audit trail records format and size
-            on_decoded(decoded)
         rows = await self.batcher.predict(loaded, [image.pixels for image in decoded])
         results = [
             self._result(i, loaded, image, row)
@@ -172,7 +170,13 @@ class DataPlane:
             summary=self._summary(loaded, results) if len(results) > 1 else None,
         )
 
-    def _decode_all(self, payloads: list[bytes]) -> list[DecodedImage]:
+    def _decode_all(
+        self,
+        payloads: list[bytes],
+        on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
+    ) -> list[DecodedImage]:
+        """Runs in a worker thread, and so does ``on_decoded`` (the audit trail hashes the
+        uploads there, off the event loop)."""
         decoded = []
         for index, payload in enumerate(payloads):
             try:
@@ -181,6 +185,8 @@ class DataPlane:
                 if len(payloads) > 1:
                     exc.detail = f"Image {index}: {exc.detail}"
                 raise
+        if on_decoded is not None:
+            on_decoded(decoded)
         return decoded
 
     @staticmethod

@@ -72,9 +72,6 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(seconds)
             outcome = state.get("error_code") or ("ok" if status < 400 else f"http_{status}")
-            audit = state.get("audit")  # classify routes: record a rejected request too
-            if audit is not None:
-                await audit.record_outcome(status, state.get("error_code"), seconds)
             _log.info(
                 "request",
                 extra={
@@ -87,4 +84,7 @@ class RequestContextMiddleware:
                     "caller_request_id_valid": caller_id_ok,
                 },
             )
+            audit = state.get("audit")  # classify routes: record a rejected request too
+            if audit is not None:
+                await audit.record_outcome(status, state.get("error_code"), seconds)
             reset_request_id(token)

@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--skip-sigterm", action="store_true")
     args = parser.parse_args(argv)
+    # Stopped with SIGTERM: still stop the PostgreSQL server (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = args.out or REPO / "bench" / "results" / "tmp" / time.strftime("audit-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     bin_dir = pg_bin()

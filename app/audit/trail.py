@@ -10,6 +10,7 @@ rejected one is recorded by the request middleware once its error response is kn
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,10 +173,15 @@ class AuditDraft:
     model: LoadedVersion | None = None
     payloads: Sequence[bytes] | None = None
     decoded: Sequence[DecodedImage] | None = None
+    digests: list[str] | None = None
     done: bool = False
 
     def note_decoded(self, decoded: Sequence[DecodedImage]) -> None:
+        """Called in the decoding thread: hash the uploads there, in parallel with other
+        requests, rather than in the one writer thread every request waits for."""
         self.decoded = decoded
+        if self.trail is not None and self.payloads is not None:
+            self.digests = [hashlib.sha256(payload).hexdigest() for payload in self.payloads]
 
     async def record_result(self, response: ClassifyResponse) -> None:
         """Record a classified request before its result goes out (the failure policy)."""
@@ -234,12 +240,11 @@ class AuditDraft:
         results = response.results if response is not None else []
         decoded = list(self.decoded or [])
         for index, payload in enumerate(payloads):
-            image: dict[str, Any] = {
-                **common,
-                "kind": "image",
-                "image_index": index,
-                "payload": payload,  # replaced by sha256 and size in the writer thread
-            }
+            image: dict[str, Any] = {**common, "kind": "image", "image_index": index}
+            if self.digests is not None:
+                image.update(sha256=self.digests[index], byte_size=len(payload))
+            else:  # not decoded (a rejected request): the writer thread hashes it
+                image["payload"] = payload
             if index < len(decoded):
                 height, width = decoded[index].pixels.shape[:2]
                 image.update(format=decoded[index].source_format, width=width, height=height)
