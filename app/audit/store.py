@@ -30,7 +30,6 @@ from app.audit.tables import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-_ROWS_PER_INSERT = 500  # x 31 columns: under SQLite's 32766 bound parameters
 READ_ONLY = "audit_read_only"  # execution option of reading connections
 _MIGRATION_LOCK_ID = 0x4C45554B  # PostgreSQL advisory lock: one replica migrates at a time
 
@@ -250,6 +249,9 @@ class AuditStore:
         self.engine.dispose()
 
 
+_INSERT = insert(audit_record)
+
+
 def _chain_insert(connection: Connection, records: Sequence[Mapping[str, Any]]) -> list[int]:
     head = connection.execute(
         select(audit_chain_head.c.seq, audit_chain_head.c.hash)
@@ -267,11 +269,8 @@ def _chain_insert(connection: Connection, records: Sequence[Mapping[str, Any]]) 
         digest = record_hash(seq, prev, content)
         rows.append({**content, "seq": seq, "prev_hash": prev, "hash": digest})
         prev = digest
-    # One multi-row INSERT per chunk rather than executemany: one statement step each, so
-    # the writer thread gives up and waits for the GIL once, not once per row.
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        connection.execute(insert(audit_record).values(rows[start : start + _ROWS_PER_INSERT]))
     if rows:
+        connection.execute(_INSERT, rows)  # executemany of one compiled (cached) statement
         connection.execute(
             update(audit_chain_head).where(audit_chain_head.c.id == 1).values(seq=seq, hash=prev)
         )
