@@ -7,6 +7,7 @@ import io
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -152,3 +153,20 @@ def test_export_writes_json_lines_with_filters(store: AuditStore) -> None:
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["request_id"] for line in lines] == ["r1", "r4"]
     assert all(set(line) >= {"seq", "hash", "prev_hash", "recorded_at"} for line in lines)
+
+
+def test_cli_export_and_purge(
+    store: AuditStore, audit_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = utc_timestamp(datetime.now(UTC) - timedelta(days=10))
+    store.append([_request(i, recorded_at=old) for i in range(3)] + [_request(3)])
+    out = tmp_path / "audit.jsonl"
+    assert main(["--database-url", audit_url, "export", "--out", str(out)]) == 0
+    assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [1, 2, 3, 4]
+    assert main(["--database-url", audit_url, "purge", "--by", "ops"]) == 2  # no age given
+    capsys.readouterr()
+    purge = ["--database-url", audit_url, "purge", "--by", "ops", "--older-than-days", "5"]
+    assert main(purge) == 0
+    assert json.loads(capsys.readouterr().out)["purged"] == 3
+    assert main(["--database-url", audit_url, "verify"]) == 0
+    assert "chain intact: 2 records (seq 4..5)" in capsys.readouterr().out
