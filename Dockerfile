@@ -47,7 +47,9 @@ COPY contract /srv/contract
 # The default model store is baked in; mount another over /srv/model_store (read-only) to
 # serve other models without rebuilding.
 COPY model_store /srv/model_store
-RUN /opt/venv/bin/python -m compileall -q /srv/app /srv/contract /srv/docker
+RUN /opt/venv/bin/python -m compileall -q /srv/app /srv/contract /srv/docker \
+    # The audit trail's SQLite database (LEUK_DATA_DIR): keep it on a volume.
+    && mkdir -p /srv/data && chown 10001:10001 /srv/data
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/srv \
     PYTHONUNBUFFERED=1 \
@@ -55,8 +57,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     KERAS_HOME=/tmp/.keras \
     LEUK_MODEL_STORE=/srv/model_store \
+    LEUK_DATA_DIR=/srv/data \
     LEUK_HOST=0.0.0.0 \
     LEUK_PORT=8000
+VOLUME ["/srv/data"]
 USER 10001:10001
 EXPOSE 8000
 STOPSIGNAL SIGTERM

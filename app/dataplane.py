@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import anyio
@@ -95,7 +95,11 @@ class DataPlane:
         return loaded
 
     async def classify(
-        self, loaded: LoadedVersion, payloads: list[bytes], request_id: str
+        self,
+        loaded: LoadedVersion,
+        payloads: list[bytes],
+        request_id: str,
+        on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
     ) -> ClassifyResponse:
         reservation = self.decode_budget.reservation()
         try:
@@ -104,6 +108,7 @@ class DataPlane:
                 payloads,
                 loaded.card.input_checks,
                 reservation,
+                on_decoded,
                 limiter=self._decode_limiter,
             )
             return await self._classify_decoded(loaded, decoded, request_id)
@@ -141,10 +146,15 @@ class DataPlane:
         )
 
     def _decode_all(
-        self, payloads: list[bytes], rule: InputChecks, reservation: Reservation
+        self,
+        payloads: list[bytes],
+        rule: InputChecks,
+        reservation: Reservation,
+        on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
     ) -> list[DecodedImage]:
         """Every header first (per-image and per-request pixel limits before any decoding),
-        then one image at a time inside the memory budget."""
+        then one image at a time inside the memory budget. Runs in a worker thread, and so
+        does ``on_decoded`` (the audit trail hashes the uploads there, off the event loop)."""
         with limit_warning_logs():
             opened = self._each(
                 payloads, lambda p: open_image(p, self.settings.max_image_pixels, rule)
@@ -155,9 +165,12 @@ class DataPlane:
                     f"The images have {declared} pixels together; the limit is "
                     f"{self.settings.max_request_pixels} per request."
                 )
-            return self._each(
+            decoded = self._each(
                 opened, lambda image: self._decode_in_budget(image, rule, reservation)
             )
+        if on_decoded is not None:
+            on_decoded(decoded)
+        return decoded
 
     @staticmethod
     def _decode_in_budget(

@@ -127,6 +127,11 @@ class Unauthorized(ServiceError):
     default_detail = "A valid API key is required (X-API-Key or Authorization: Bearer)."
 
 
+class Forbidden(ServiceError):
+    status_code, code = 403, "forbidden"
+    default_detail = "This API key's role does not allow this endpoint."
+
+
 class ValidationFailed(ServiceError):
     status_code, code, default_detail = 422, "validation_error", "The request is invalid."
     reject_reason = "validation_error"
@@ -192,6 +197,13 @@ class ShuttingDown(ServiceError):
 class DecodeMemoryBusy(ServiceError):
     status_code, code = 503, "decode_memory_busy"
     default_detail = "Other requests' images fill the decoding memory budget; retry shortly."
+
+
+class AuditUnavailable(ServiceError):
+    status_code, code = 503, "audit_unavailable"
+    default_detail = (
+        "The audit trail could not record this request, so no result is returned; retry later."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -16,9 +16,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import routes
+from app.audit import api as audit_api
+from app.audit.trail import AuditTrail
 from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.keys import parse_api_keys
 from app.lifecycle import Lifecycle
 from app.log import configure_logging, get_logger
 from app.metrics import Metrics
@@ -66,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     lifecycle = Lifecycle(settings, registry, batcher, metrics)
     dataplane = DataPlane(settings, registry, lifecycle, batcher, metrics)
-    api_keys = settings.load_api_keys()
+    api_keys = parse_api_keys(settings.load_api_keys())
+    audit = AuditTrail(settings, metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -74,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.tune_malloc:
             tune_malloc()
         batcher.start()
+        await anyio.to_thread.run_sync(audit.start)
         _log.info(
             "starting", extra={"model_store": str(settings.model_store), "auth": bool(api_keys)}
         )
@@ -86,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 tasks.cancel_scope.cancel()
                 batcher.stop()
+                with anyio.CancelScope(shield=True):  # the task group is being cancelled
+                    await anyio.to_thread.run_sync(audit.stop)  # writes what is queued first
                 _log.info("stopped")
 
     app = FastAPI(
@@ -99,8 +106,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = dataplane
+    app.state.audit = audit
     install_error_handlers(app)
-    for router in (routes.health, routes.models, routes.classify, routes.operations, oip.oip):
+    for router in (
+        routes.health,
+        routes.models,
+        routes.classify,
+        routes.operations,
+        oip.oip,
+        audit_api.router,
+    ):
         app.include_router(router)
     _document_security(app, auth=bool(api_keys))
     _offline_docs(app)

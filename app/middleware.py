@@ -94,4 +94,7 @@ class RequestContextMiddleware:
                     "caller_request_id_valid": caller_id_ok,
                 },
             )
+            audit = state.get("audit")  # classify routes: record a rejected request too
+            if audit is not None:
+                await audit.record_outcome(status, state.get("error_code"), seconds)
             reset_request_id(token)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.audit.schemas import AuditHealth
+
 
 class InputCheckOut(BaseModel):
     out_of_distribution: bool = Field(
@@ -110,6 +112,10 @@ class HealthSummary(BaseModel):
     uptime_seconds: float
     queue_depth: int
     models: dict[str, Any]
+    audit: AuditHealth | None = Field(
+        default=None,
+        description="The audit store's state; failing under fail_closed makes this 503.",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -8,16 +8,21 @@ Authorize button adds the key to the API calls made from it.
 
 A request is let through when any key it presents (either header) equals a configured
 key. Keys are compared as bytes: the UTF-8 encoding of the configured key against the raw
-header value, so a non-ASCII key sent as UTF-8 matches.
+header value, so a non-ASCII key sent as UTF-8 matches. Keys carry a name and a role
+(app/keys.py): the matched key is put in ``scope["state"]["api_key"]`` for the audit trail,
+and routers that need a role declare ``Depends(require_role(...))``.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import Unauthorized, error_response
+from app.errors import Forbidden, Unauthorized, error_response
+from app.keys import ApiKey, Role, allows
 
 DOCS_PATH = "/docs"
 DOCS_ASSETS = "/docs/assets"
@@ -50,12 +55,27 @@ def presented_keys(scope: Scope) -> list[bytes]:
     return [key for key in keys if key]
 
 
-def key_is_valid(presented: list[bytes], keys: list[bytes]) -> bool:
-    valid = False
+def matching_key(presented: list[bytes], keys: list[ApiKey]) -> ApiKey | None:
+    """The configured key one of the presented ones equals, if any."""
+    matched = None
     for candidate in presented:
         for key in keys:  # no early exit: time does not depend on which key matched
-            valid |= hmac.compare_digest(candidate, key)
-    return valid
+            if hmac.compare_digest(candidate, key.secret):
+                matched = key
+    return matched
+
+
+def require_role(needed: Role) -> Callable[[Request], Awaitable[None]]:
+    """Router dependency: the key used must have a role allowing ``needed`` (no keys: open)."""
+
+    async def check(request: Request) -> None:  # async: no thread-pool hop per request
+        key: ApiKey | None = request.scope.get("state", {}).get("api_key")
+        if key is not None and not allows(key.role, needed):
+            raise Forbidden(
+                f"The key {key.name!r} has role {key.role.value!r}; this needs {needed.value!r}."
+            )
+
+    return check
 
 
 def is_open(path: str) -> bool:
@@ -63,16 +83,17 @@ def is_open(path: str) -> bool:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
         self.app = app
-        self.keys = [key.encode("utf-8") for key in keys]
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or is_open(scope["path"])
-            or key_is_valid(presented_keys(scope), self.keys)
-        ):
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        key = matching_key(presented_keys(scope), self.keys)
+        if key is not None:
+            scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
         response = error_response(Unauthorized(headers={"WWW-Authenticate": "Bearer"}))

@@ -147,12 +147,50 @@ class Settings(BaseSettings):
     # --- security ----------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Accepted API keys (comma separated). Empty with no api_keys_file: no auth.",
+        description="Accepted API keys (comma separated), each `name:role:key` (role: classify, "
+        "read or admin) or a bare key (a classify key named key-N). Empty with no "
+        "api_keys_file: no auth.",
         repr=False,
     )
     api_keys_file: Path | None = Field(
         default=None,
-        description="File with one API key per line (blank lines and # comments ignored).",
+        description="File with one API key entry per line, same forms as api_keys (blank lines "
+        "and # comments ignored).",
+    )
+
+    # --- audit trail (app/audit) -------------------------------------------------------------
+    audit_enabled: bool = Field(
+        default=True,
+        description="Record every classify request and image in the audit trail.",
+    )
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Folder for the service's own data: the embedded SQLite audit database "
+        "(audit.sqlite3) is created here on first start.",
+    )
+    audit_database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the audit database, e.g. "
+        "postgresql+psycopg://user:password@host/db (several replicas share one). "
+        "Unset: SQLite in data_dir.",
+        repr=False,
+    )
+    audit_failure_policy: Literal["fail_closed", "serve_and_count"] = Field(
+        default="fail_closed",
+        description="fail_closed: a request whose audit record cannot be written gets 503 "
+        "audit_unavailable and no result. serve_and_count (research use only): the result is "
+        "returned and leuk_audit_records_lost_total counts the missing record.",
+    )
+    audit_queue_size: int = Field(
+        default=4096,
+        ge=1,
+        description="Requests waiting for the audit writer; past this they count as failed writes.",
+    )
+    audit_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Default age (days) for `python -m app.audit purge`; records are only ever "
+        "purged by that command. Unset: the command needs --older-than-days.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed CORS origins (comma separated). Empty: off."
@@ -199,6 +237,12 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    def audit_url(self) -> str:
+        """The audit database URL: the configured one, else SQLite under ``data_dir``."""
+        if self.audit_database_url:
+            return self.audit_database_url
+        return f"sqlite:///{(self.data_dir / 'audit.sqlite3').resolve()}"
 
     def load_api_keys(self) -> list[str]:
         """Keys from ``api_keys`` plus ``api_keys_file`` (read once, at app creation)."""

@@ -198,7 +198,12 @@ def service_server(
     command: list[str] | None = None,
 ) -> ServerProcess:
     port = free_port()
-    base_env = {"LEUK_HOST": HOST, "LEUK_PORT": str(port), "LEUK_MODEL_STORE": str(store)}
+    base_env = {
+        "LEUK_HOST": HOST,
+        "LEUK_PORT": str(port),
+        "LEUK_MODEL_STORE": str(store),
+        "LEUK_DATA_DIR": str(out / f"data-{name}"),  # the audit trail's SQLite database
+    }
     if command is None:
         if (REPO / "app" / "__main__.py").exists():
             command = [sys.executable, "-m", "app"]

@@ -6,16 +6,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
+from app.audit.api import audit_draft, begin_audit, get_audit_trail
+from app.audit.trail import AuditTrail
 from app.errors import (
+    AuditUnavailable,
     BodyTimeout,
     ClientClosed,
     DecodeMemoryBusy,
     EmptyBody,
+    Forbidden,
     ImageTooLarge,
     InvalidImage,
     InvalidMultipart,
@@ -37,15 +41,21 @@ from app.errors import (
     VersionNotFound,
     openapi_errors,
 )
+from app.keys import Role
 from app.protocols import negotiation
 from app.protocols.report import CallerReferences, ModelIdentity
 from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
+from app.security import require_role
 from app.store import parse_version
 from app.uploads import read_images
 
 health = APIRouter(tags=["health"])
 models = APIRouter(tags=["models"])
-classify = APIRouter(tags=["classify"])
+# Every route on this router is audited (app/audit) and needs a classify key; the audit
+# draft starts first, so a refused key's request is recorded too.
+classify = APIRouter(
+    tags=["classify"], dependencies=[Depends(begin_audit), Depends(require_role(Role.classify))]
+)
 operations = APIRouter(tags=["operations"])
 
 _AUTH = (Unauthorized,)
@@ -54,6 +64,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     InvalidMultipart,
     InvalidReference,
     Unauthorized,
+    Forbidden,
     ModelNotFound,
     VersionNotFound,
     PayloadTooLarge,
@@ -72,6 +83,7 @@ _CLASSIFY_ERRORS = openapi_errors(
     ShuttingDown,
     BodyTimeout,
     DecodeMemoryBusy,
+    AuditUnavailable,
 )
 _CLASSIFY_BODY: dict[str, Any] = {
     "requestBody": {
@@ -138,9 +150,12 @@ async def ready(dataplane: DataPlaneDep) -> Ready:
     summary="Health summary: readiness, why not, every model version's state",
     responses=openapi_errors(*_AUTH),
 )
-def health_summary(dataplane: DataPlaneDep) -> JSONResponse:
+def health_summary(dataplane: DataPlaneDep, request: Request) -> JSONResponse:
     summary = dataplane.health()
-    return JSONResponse(summary.model_dump(), status_code=200 if summary.ready else 503)
+    trail: AuditTrail = get_audit_trail(request)
+    summary.audit = trail.health()
+    healthy = summary.ready and not trail.blocks_classify(summary.audit)
+    return JSONResponse(summary.model_dump(), status_code=200 if healthy else 503)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -206,6 +221,7 @@ async def _classify(
     name: str | None,
     version: int | None,
 ) -> ClassifyResponse | Response:
+    audit = audit_draft(request)
     report_format = negotiation.negotiate(request.headers.get("accept"))
     # A bad reference is 422 before any work.
     if report_format is negotiation.ReportFormat.JSON:
@@ -213,14 +229,15 @@ async def _classify(
         references = CallerReferences()
     else:
         references = CallerReferences.from_headers(request.headers)
-    model = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
-    payloads = await read_images(
+    model = audit.model = await dataplane.resolve(name, version)  # 404 before reading the body
+    payloads = audit.payloads = await read_images(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
     )
     request.state.n_images = len(payloads)
     result = await _unless_client_leaves(
-        request, lambda: dataplane.classify(model, payloads, request_id)
+        request, lambda: dataplane.classify(model, payloads, request_id, audit.note_decoded)
     )
+    await audit.record_result(result)  # fail-closed: no record, no result
     if report_format is negotiation.ReportFormat.JSON:
         return result
     return negotiation.render_report(report_format, result, ModelIdentity.of(model), references)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,24 @@ def python_warnings_as_in_the_service() -> None:
     """The service routes Python warnings through app.log once, at start-up; pytest swaps
     the warnings machinery for every test, so each test gets it installed again."""
     capture_python_warnings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_audit_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """For apps built by module- or session-scoped fixtures (before ``audit_data_dir``)."""
+    data = tmp_path_factory.mktemp("session-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEUK_DATA_DIR", str(data))
+        yield data
+
+
+@pytest.fixture(autouse=True)
+def audit_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's audit database (SQLite, the default) goes to its own temp folder, never
+    into the working directory."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("LEUK_DATA_DIR", str(data))
+    return data
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,3 @@
+from app.audit.cli import main
+
+raise SystemExit(main())
