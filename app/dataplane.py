@@ -45,11 +45,18 @@ OOD_MEANING = (
 )
 
 
-def _check_all(pixels: list[NDArray[np.uint8]], rule: InputChecks) -> list[DecodedImage]:
-    return [
+def _check_all(
+    pixels: list[NDArray[np.uint8]],
+    rule: InputChecks,
+    on_decoded: Callable[[Sequence[DecodedImage]], None] | None,
+) -> list[DecodedImage]:
+    decoded = [
         DecodedImage(image, "pixels", "RGB", check_input(image, image.shape[1::-1], rule))
         for image in pixels
     ]
+    if on_decoded is not None:
+        on_decoded(decoded)
+    return decoded
 
 
 class DataPlane:
@@ -116,12 +123,16 @@ class DataPlane:
             reservation.release_all()
 
     async def classify_pixels(
-        self, loaded: LoadedVersion, pixels: list[NDArray[np.uint8]], request_id: str
+        self,
+        loaded: LoadedVersion,
+        pixels: list[NDArray[np.uint8]],
+        request_id: str,
+        on_decoded: Callable[[Sequence[DecodedImage]], None] | None = None,
     ) -> ClassifyResponse:
         """Already-decoded RGB images ([H, W, 3] uint8, e.g. the Open Inference Protocol's
         UINT8 input): the same input checks, batching and results as ``classify``."""
         decoded = await anyio.to_thread.run_sync(
-            _check_all, pixels, loaded.card.input_checks, limiter=self._decode_limiter
+            _check_all, pixels, loaded.card.input_checks, on_decoded, limiter=self._decode_limiter
         )
         return await self._classify_decoded(loaded, decoded, request_id)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field, ValidationError
 
 from app.api.deps import DataPlaneDep, RequestIdDep, SettingsDep
+from app.audit.api import audit_draft, begin_audit
 from app.dataplane import DataPlane
 from app.errors import (
     ImageTooLarge,
@@ -49,9 +50,11 @@ from app.errors import (
     TooManyFiles,
     VersionNotFound,
 )
+from app.keys import Role
 from app.protocols.report import ModelIdentity
 from app.registry import LoadedVersion
 from app.schemas import ClassifyResponse
+from app.security import require_role
 from app.settings import Settings
 from app.uploads import read_body
 
@@ -322,6 +325,8 @@ _INFER_BODY: dict[str, Any] = {
     ],
 }
 _INFER_DOC: dict[str, Any] = dict(
+    # Audited like every classify route (app/audit), and needs a classify key.
+    dependencies=[Depends(begin_audit), Depends(require_role(Role.classify))],
     response_model=InferenceResponse,
     responses={
         200: {
@@ -370,18 +375,22 @@ async def _infer(
     name: str,
     version: int | None,
 ) -> Response:
-    loaded = await dataplane.resolve(name, version)  # unknown model: 404 before reading the body
+    audit = audit_draft(request)
+    loaded = audit.model = await dataplane.resolve(name, version)  # 404 before the body
     body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_seconds)
     inference, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
     tensor, data = _single_input(inference, binary)
     if tensor.name == INPUT_FILE:
-        files = _files(tensor, data, settings.max_files)
+        files = audit.payloads = _files(tensor, data, settings.max_files)
         request.state.n_images = len(files)
-        result = await dataplane.classify(loaded, files, request_id)
+        result = await dataplane.classify(loaded, files, request_id, audit.note_decoded)
     else:
         pixels = _pixels(tensor, data, settings)
+        # The audit trail's sha256 of an image sent as pixels is over its uint8 bytes.
+        audit.payloads = [image.tobytes() for image in pixels]
         request.state.n_images = len(pixels)
-        result = await dataplane.classify_pixels(loaded, pixels, request_id)
+        result = await dataplane.classify_pixels(loaded, pixels, request_id, audit.note_decoded)
+    await audit.record_result(result)  # fail-closed: no record, no result
     return _response(inference, result, loaded, request_id)
 
 
