@@ -19,6 +19,9 @@ from app.security import require_role
 SAMPLE_ID_HEADER = "X-Sample-ID"
 SAMPLE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _OUTCOME = re.compile(r"^(ok|[0-9]{3}|[a-z_]{1,64})$")
+# ISO 8601 date or date-time (what datetime.fromisoformat reads); numbers are not times here.
+_TIME = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$"
+_MAX_INT = 2**31 - 1  # the columns' range; larger numbers match nothing
 
 
 def get_audit_trail(request: Request) -> AuditTrail:
@@ -35,6 +38,8 @@ async def begin_audit(
             description="Optional: the caller's own pseudonymous identifier of the sample or "
             "accession (opaque printable ASCII, at most 128 characters, no spaces). Stored in "
             "the audit trail and searchable there; never put a patient's name or number here.",
+            # Documented only: checked in the body below, so a refused request is recorded.
+            json_schema_extra={"pattern": SAMPLE_ID.pattern},
         ),
     ] = None,
 ) -> None:
@@ -89,26 +94,33 @@ def _timestamp(value: datetime | None) -> str | None:
 )
 def read_audit(
     trail: Annotated[AuditTrail, Depends(get_audit_trail)],
-    since: Annotated[datetime | None, Query(description="Recorded at or after (ISO 8601).")] = None,
-    until: Annotated[datetime | None, Query(description="Recorded before (ISO 8601).")] = None,
+    since: Annotated[
+        str | None, Query(pattern=_TIME, description="Recorded at or after (ISO 8601).")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=_TIME, description="Recorded before (ISO 8601).")
+    ] = None,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
-    sample_id: Annotated[str | None, Query(max_length=128)] = None,
+    sample_id: Annotated[str | None, Query(pattern=SAMPLE_ID.pattern)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
-    model_version: Annotated[int | None, Query(ge=1)] = None,
+    model_version: Annotated[int | None, Query(ge=1, le=_MAX_INT)] = None,
     outcome: Annotated[
         str | None,
-        Query(description="ok (HTTP 200), an HTTP status (e.g. 422) or an error code."),
+        Query(
+            pattern=_OUTCOME.pattern,
+            description="ok (HTTP 200), an HTTP status (e.g. 422) or an error code.",
+        ),
     ] = None,
     kind: Annotated[str | None, Query(pattern="^(request|image|purge)$")] = None,
-    after_seq: Annotated[int, Query(ge=0, description="Return records after this seq.")] = 0,
+    after_seq: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Return records after this seq.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     if trail.store is None:
         return AuditPage(records=[], next_after_seq=None)
     status, error_code = None, None
     if outcome is not None:
-        if not _OUTCOME.match(outcome):
-            raise ValidationFailed("outcome: ok, an HTTP status or an error code")
         if outcome == "ok":
             status = 200
         elif outcome.isdigit():
@@ -116,8 +128,8 @@ def read_audit(
         else:
             error_code = outcome
     where = RecordFilter(
-        since=_timestamp(since),
-        until=_timestamp(until),
+        since=_timestamp(_parse_time(since)),
+        until=_timestamp(_parse_time(until)),
         request_id=request_id,
         sample_id=sample_id,
         model=model,
@@ -130,3 +142,12 @@ def read_audit(
     records = trail.store.query(where, limit)
     more = len(records) == limit
     return AuditPage(records=records, next_after_seq=records[-1]["seq"] if more else None)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:  # matches the pattern but is no date (e.g. month 13)
+        raise ValidationFailed(f"Not a date or time: {value[:40]!r}") from exc

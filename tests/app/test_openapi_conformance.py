@@ -37,7 +37,8 @@ def test_every_operation_conforms_to_the_openapi_schema(
     one, and its ignored_auth check also sends none and a wrong one, expecting 401."""
     store = tmp_path / "model_store"
     shutil.copytree(tiny_store_template, store)
-    env = {"LEUK_API_KEYS": api_key} if api_key else {}
+    # An admin key: GET /v1/audit needs one; the others accept any role.
+    env = {"LEUK_API_KEYS": f"conformance:admin:{api_key}"} if api_key else {}
     auth = ["--header", f"X-API-Key: {api_key}"] if api_key else []
     with running_service(store, **env) as url:
         run = subprocess.run(

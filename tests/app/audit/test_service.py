@@ -256,3 +256,30 @@ async def test_audit_off(make_settings: Callable[..., Settings], audit_data_dir:
         assert (await client.get("/health")).json()["audit"]["state"] == "disabled"
         assert (await client.get("/v1/audit")).json() == {"records": [], "next_after_seq": None}
     assert not audit_data_dir.exists()
+
+
+async def test_audit_filters_refuse_what_the_schema_refuses(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Found by schemathesis: a version past the column's range was a 500, a number was
+    read as a time, and the outcome rule was not in the schema."""
+    async with serve(make_settings(api_keys=KEYS)) as client:
+        for params in (
+            {"model_version": str(2**80)},
+            {"until": "0.5"},
+            {"since": "2026-02-31"},
+            {"outcome": "Not An Outcome"},
+            {"sample_id": "has space"},
+        ):
+            response = await client.get("/v1/audit", params=params, headers=ADMIN)
+            assert response.status_code == 422, (params, response.text)
+        ok = await client.get(
+            "/v1/audit", params={"since": "2026-01-01T00:00:00Z", "outcome": "422"}, headers=ADMIN
+        )
+        assert ok.status_code == 200 and ok.json()["records"] == []
+        schema = (await client.get("/openapi.json")).json()
+        classify = schema["paths"]["/v1/classify"]["post"]["parameters"]
+        (sample,) = [p for p in classify if p["name"] == "X-Sample-ID"]
+        assert "pattern" in sample["schema"] or any(
+            "pattern" in option for option in sample["schema"].get("anyOf", [])
+        )
