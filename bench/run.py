@@ -18,18 +18,20 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import report
 from bench.load import RequestBody, make_bodies, run_wrk, summarise
+from bench.peers import PEERS
 from bench.servers import HOST, ServerProcess, free_port, running
 from contract.card import CARD_FILE, ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = REPO / "tests" / "data" / "cnmc_bmp" / "UID_51_101_1_all.bmp"
-CLASSIFY_PATH = "/v1/classify"
 
 
 def resolve_default_model(store: Path) -> tuple[str, int, Path]:
@@ -130,11 +132,12 @@ class Bench:
         self, server: ServerProcess, body: RequestBody, concurrency: int
     ) -> dict[str, Any]:
         """Warm up, then one measured wrk run with the server's CPU and the machine's CPU."""
-        url = server.base_url + CLASSIFY_PATH
+        url = server.base_url + server.classify_path
         args = self.args
         if args.warmup > 0:
             run_wrk(url, body, concurrency, args.warmup, args.max_requests, cpu=args.wrk_cpu)
         drained_s = server.wait_idle()
+        loadavg_before = _loadavg()
         metrics_before = parse_histograms(server.get_text("/metrics"))
         server_cpu0, machine_cpu0, t0 = server.cpu_seconds(), system_cpu_busy_s(), time.monotonic()
         raw = run_wrk(url, body, concurrency, args.duration, args.max_requests, cpu=args.wrk_cpu)
@@ -156,6 +159,8 @@ class Bench:
             wrk_cpu_util=wrk_cpu / wall,
             other_cpu_util=max(0.0, machine_cpu - server_cpu - wrk_cpu) / wall,
             server_histograms=histogram_means(metrics_before, metrics_after),
+            loadavg_before=loadavg_before,
+            loadavg_after=_loadavg(),
         )
         latency = summary["latency_ms"]
         print(
@@ -176,6 +181,7 @@ class Bench:
             print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
             idle = server.memory()
             models = _json_or_none(server.get_text("/v1/models"))
+            answer = sample_answer(server, self.bodies[plan[0][0]]) if plan else None
             for body_kind, concurrency in plan:
                 runs.append(self.load(server, self.bodies[body_kind], concurrency))
             info = {
@@ -184,6 +190,7 @@ class Bench:
                 "startup_s": startup_s,
                 "models": models,
                 "batching": _batching_modes(models),
+                "sample_answer": answer,
                 "memory_ready": idle,
                 "memory_end": server.memory(),
             }
@@ -207,6 +214,41 @@ def service_server(
     else:
         command = [part.replace("{port}", str(port)) for part in command]
     return ServerProcess(name, command, {**base_env, **(env or {})}, port, out / f"{name}.log")
+
+
+def sample_answer(server: ServerProcess, body: RequestBody) -> dict[str, Any]:
+    """One request before the load: its status and JSON answer, to show every server answers
+    the same image with the same label (wrk counts statuses only)."""
+    request = urllib.request.Request(
+        server.base_url + server.classify_path,
+        data=body.path.read_bytes(),
+        headers={"Content-Type": body.content_type, **dict(body.headers)},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = int(response.status), response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        return {"status": None, "error": str(exc)}
+    return {"status": status, "body": _json_or_none(text) or text[:500]}
+
+
+def peer_server(out: Path, name: str, model_dir: Path) -> ServerProcess:
+    """A peer framework (bench/peers) from its own venv, serving the same model version."""
+    peer = PEERS[name]
+    port = free_port()
+    command, env = peer.command(peer.python, port, free_port)
+    return ServerProcess(
+        name,
+        command,
+        {**env, "PEER_MODEL_DIR": str(model_dir)},
+        port,
+        out / f"{name}.log",
+        ready_path=peer.ready_path,
+        classify_path=peer.classify_path,
+    )
 
 
 def _uvicorn(factory: str, port: int) -> list[str]:
@@ -404,6 +446,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         choices=["service", "naive", "floor", "ceiling", "multipart"],
     )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=[],
+        choices=list(PEERS),
+        help="also load these frameworks serving the same model (bench/peers/README.md)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
     parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument(
@@ -443,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
             if Path(args.image).resolve().is_relative_to(REPO)
             else str(args.image),
             "model": {"name": name, "version": version, "dir": str(model_dir)},
+            "peers": list(args.peers),
         },
         "servers": {},
         "runs": [],
@@ -465,7 +515,9 @@ def main(argv: list[str] | None = None) -> None:
 
     service_plan = [("raw", c) for c in args.concurrency]
     if "multipart" not in args.skip:
-        service_plan += [("multipart", c) for c in (1, 32)]
+        # BentoML and LitServe take multipart only: compare them with the service's multipart.
+        multipart = args.concurrency if args.peers else (1, 32)
+        service_plan += [("multipart", c) for c in multipart]
     if "service" not in args.skip:
         step("service", lambda: serve(service_server(out, store), service_plan))
     if "naive" not in args.skip:
@@ -478,6 +530,14 @@ def main(argv: list[str] | None = None) -> None:
             "http-floor",
             lambda: serve(floor_server(out), [("raw", 1), ("raw", 32), ("multipart", 32)]),
         )
+    for name in args.peers:
+        if not PEERS[name].installed():
+            message = f"venv {PEERS[name].venv} missing: run `python -m bench.peers setup {name}`"
+            print(f"{name}: skipped, {message}", flush=True)
+            results.setdefault("skipped", {})[name] = message
+            continue
+        plan = [(PEERS[name].body_kind, c) for c in args.concurrency]
+        step(name, lambda name=name, plan=plan: serve(peer_server(out, name, model_dir), plan))
     if args.sweep:
         results["sweep"] = run_sweep(bench, store, out)
 
@@ -485,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
     results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     results["meta"]["elapsed_s"] = time.monotonic() - started
     results["comparison"] = report.compare(results)
+    if args.peers:
+        results["peer_comparison"] = report.compare_peers(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
     report.plot(results, out / "results.png")
@@ -493,6 +555,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {out}/results.json, results.md, results.png in {results['meta']['elapsed_s']:.0f} s"
     )
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
 def _json_or_none(text: str | None) -> Any:
