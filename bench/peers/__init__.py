@@ -85,6 +85,10 @@ PEERS: dict[str, Peer] = {
     "bentoml": Peer("bentoml", _bentoml, "/readyz", "/v1/classify", "multipart"),
     "litserve": Peer("litserve", _litserve, "/health", "/v1/classify", "multipart"),
     "pytriton": Peer(
-        "pytriton", _pytriton, "/v2/health/ready", "/v2/models/classifier/infer", "kserve"
+        "pytriton",
+        _pytriton,
+        "/v2/models/classifier/ready",
+        "/v2/models/classifier/infer",
+        "kserve",
     ),
 }
