@@ -9,6 +9,7 @@ See bench/README.md for what is measured and how to read the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -177,24 +178,61 @@ class Bench:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         runs = []
         with running(server):
-            startup_s = server.start()
-            print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
-            idle = server.memory()
-            models = _json_or_none(server.get_text("/v1/models"))
-            answer = sample_answer(server, self.bodies[plan[0][0]]) if plan else None
+            info = self._started(server, plan)
             for body_kind, concurrency in plan:
                 runs.append(self.load(server, self.bodies[body_kind], concurrency))
-            info = {
-                "command": server.command,
-                "env": dict(server.env),
-                "startup_s": startup_s,
-                "models": models,
-                "batching": _batching_modes(models),
-                "sample_answer": answer,
-                "memory_ready": idle,
-                "memory_end": server.memory(),
-            }
+            info["memory_end"] = server.memory()
         return info, runs
+
+    def serve_interleaved(
+        self, plans: list[tuple[ServerProcess, list[tuple[str, int]]]]
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+        """Start all servers, then load them in turns: every server's points at one
+        concurrency, then the next concurrency. On a shared machine the contention then falls
+        on all of them alike instead of on whichever ran while another job was busy.
+        Returns the servers' info, the runs and the servers that failed to start."""
+        infos: dict[str, dict[str, Any]] = {}
+        failures: dict[str, str] = {}
+        runs: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            started = []
+            for server, plan in plans:
+                stack.enter_context(running(server))
+                try:
+                    infos[server.name] = self._started(server, plan)
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"{server.name} FAILED: {exc}", flush=True)
+                    failures[server.name] = str(exc)
+                    server.stop()
+                    continue
+                started.append((server, plan))
+            rounds = list(dict.fromkeys(c for _, plan in started for _, c in plan))
+            for concurrency in rounds:
+                for server, plan in started:
+                    for body_kind, c in plan:
+                        if c == concurrency:
+                            for other, _ in started:  # backlog left by the previous point
+                                other.wait_idle()
+                            runs.append(self.load(server, self.bodies[body_kind], c))
+            for server, _ in started:
+                infos[server.name]["memory_end"] = server.memory()
+        return infos, runs, failures
+
+    def _started(self, server: ServerProcess, plan: list[tuple[str, int]]) -> dict[str, Any]:
+        """Start the server; what it is and how it answers, before any load."""
+        startup_s = server.start()
+        print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
+        idle = server.memory()
+        models = _json_or_none(server.get_text("/v1/models"))
+        return {
+            "command": server.command,
+            "env": dict(server.env),
+            "startup_s": startup_s,
+            "models": models,
+            "batching": _batching_modes(models),
+            "sample_answer": sample_answer(server, self.bodies[plan[0][0]]) if plan else None,
+            "memory_ready": idle,
+        }
 
 
 def service_server(
@@ -518,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         # BentoML and LitServe take multipart only: compare them with the service's multipart.
         multipart = args.concurrency if args.peers else (1, 32)
         service_plan += [("multipart", c) for c in multipart]
-    if "service" not in args.skip:
+    if "service" not in args.skip and not args.peers:
         step("service", lambda: serve(service_server(out, store), service_plan))
     if "naive" not in args.skip:
         step(
@@ -530,14 +568,24 @@ def main(argv: list[str] | None = None) -> None:
             "http-floor",
             lambda: serve(floor_server(out), [("raw", 1), ("raw", 32), ("multipart", 32)]),
         )
-    for name in args.peers:
-        if not PEERS[name].installed():
-            message = f"venv {PEERS[name].venv} missing: run `python -m bench.peers setup {name}`"
-            print(f"{name}: skipped, {message}", flush=True)
-            results.setdefault("skipped", {})[name] = message
-            continue
-        plan = [(PEERS[name].body_kind, c) for c in args.concurrency]
-        step(name, lambda name=name, plan=plan: serve(peer_server(out, name, model_dir), plan))
+    if args.peers:
+        # The service and the peers run side by side and are loaded in turns (serve_interleaved).
+        group = [] if "service" in args.skip else [(service_server(out, store), service_plan)]
+        for name in args.peers:
+            if not PEERS[name].installed():
+                message = (
+                    f"venv {PEERS[name].venv} missing: run `python -m bench.peers setup {name}`"
+                )
+                print(f"{name}: skipped, {message}", flush=True)
+                results.setdefault("skipped", {})[name] = message
+                continue
+            plan = [(PEERS[name].body_kind, c) for c in args.concurrency]
+            group.append((peer_server(out, name, model_dir), plan))
+        infos, runs, failed = bench.serve_interleaved(group)
+        results["servers"].update(infos)
+        results["runs"] += runs
+        if failed:
+            results.setdefault("failures", {}).update(failed)
     if args.sweep:
         results["sweep"] = run_sweep(bench, store, out)
 
