@@ -185,7 +185,7 @@ class Bench:
         return info, runs
 
     def serve_interleaved(
-        self, plans: list[tuple[ServerProcess, list[tuple[str, int]]]]
+        self, plans: list[tuple[ServerProcess, list[tuple[str, int]]]], rounds: list[int]
     ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
         """Start all servers, then load them in turns: every server's points at one
         concurrency, then the next concurrency. On a shared machine the contention then falls
@@ -206,14 +206,12 @@ class Bench:
                     server.stop()
                     continue
                 started.append((server, plan))
-            rounds = list(dict.fromkeys(c for _, plan in started for _, c in plan))
-            for concurrency in rounds:
-                for server, plan in started:
-                    for body_kind, c in plan:
-                        if c == concurrency:
-                            for other, _ in started:  # backlog left by the previous point
-                                other.wait_idle()
-                            runs.append(self.load(server, self.bodies[body_kind], c))
+            for turn in interleave([plan for _, plan in started], rounds):
+                for (server, _), points in zip(started, turn, strict=True):
+                    for body_kind, c in points:
+                        for other, _ in started:  # backlog left by the previous point
+                            other.wait_idle()
+                        runs.append(self.load(server, self.bodies[body_kind], c))
             for server, _ in started:
                 infos[server.name]["memory_end"] = server.memory()
         return infos, runs, failures
@@ -252,6 +250,35 @@ def service_server(
     else:
         command = [part.replace("{port}", str(port)) for part in command]
     return ServerProcess(name, command, {**base_env, **(env or {})}, port, out / f"{name}.log")
+
+
+Point = tuple[str, int]  # (body kind, concurrency)
+
+
+def interleave(plans: list[list[Point]], rounds: list[int]) -> list[list[list[Point]]]:
+    """Split each server's plan into turns, one per entry of ``rounds`` (concurrencies, in
+    order, repeats allowed): in each turn every server runs its points at that concurrency,
+    a repeated concurrency sharing them out evenly (``--concurrency 64 64`` gives each server
+    two turns at 64 with one raw and one multipart point each, not both raw ones first).
+    Points at concurrencies not in ``rounds`` come in a last turn."""
+    turns: list[list[list[Point]]] = [[[] for _ in plans] for _ in rounds]
+    leftover: list[list[Point]] = [[] for _ in plans]
+    for index, plan in enumerate(plans):
+        for c in dict.fromkeys(c for _, c in plan):
+            points = [point for point in plan if point[1] == c]
+            mine = [turn for turn, rc in enumerate(rounds) if rc == c]
+            if not mine:
+                leftover[index] += points
+                continue
+            # the k-th repeat of a point goes to the k-th turn at its concurrency
+            seen: dict[str, int] = {}
+            for body_kind, _ in points:
+                k = seen.get(body_kind, 0)
+                seen[body_kind] = k + 1
+                turns[mine[min(k, len(mine) - 1)]][index].append((body_kind, c))
+    if any(leftover):
+        turns.append(leftover)
+    return turns
 
 
 def sample_answer(server: ServerProcess, body: RequestBody) -> dict[str, Any]:
@@ -581,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             plan = [(PEERS[name].body_kind, c) for c in args.concurrency]
             group.append((peer_server(out, name, model_dir), plan))
-        infos, runs, failed = bench.serve_interleaved(group)
+        infos, runs, failed = bench.serve_interleaved(group, args.concurrency)
         results["servers"].update(infos)
         results["runs"] += runs
         if failed:

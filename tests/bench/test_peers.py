@@ -149,3 +149,18 @@ def test_peer_comparison_picks_the_best_error_free_peer() -> None:
     assert "| litserve | 1.20x | 0.96x |" in row8
     assert "300.0 (27 / 2000, 3 errors)" in row8
     assert "pytriton [kserve]" in lines[-4]
+
+
+def test_interleave_gives_every_server_a_turn_per_concurrency() -> None:
+    from bench.run import interleave
+
+    service = [("raw", 1), ("raw", 64), ("raw", 64), ("multipart", 1), ("multipart", 64)]
+    peer = [("kserve", 1), ("kserve", 64), ("kserve", 64)]
+    turns = interleave([service, peer], [1, 64, 64])
+    assert turns == [
+        [[("raw", 1), ("multipart", 1)], [("kserve", 1)]],
+        [[("raw", 64), ("multipart", 64)], [("kserve", 64)]],
+        [[("raw", 64)], [("kserve", 64)]],
+    ]
+    # a concurrency the rounds do not name still runs, last
+    assert interleave([[("raw", 8)]], [1])[-1] == [[("raw", 8)]]
