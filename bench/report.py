@@ -85,11 +85,7 @@ def compare_peers(results: dict[str, Any]) -> dict[str, Any]:
             ("naive", "naive", "raw"),
             *[(peer, peer, None) for peer in peers],
         ]:
-            run = (
-                _find_any_body(results, target, c)
-                if body is None
-                else find_run(results, target, c, body)
-            )
+            run, repeats = _median_run(results, target, c, body)
             if run is not None:
                 points[label] = {
                     "body": run["body"],
@@ -97,6 +93,7 @@ def compare_peers(results: dict[str, Any]) -> dict[str, Any]:
                     "p50_ms": run["latency_ms"]["p50"],
                     "p99_ms": run["latency_ms"]["p99"],
                     "errors": run["errors"],
+                    "repeats": repeats,
                 }
         valid = {p: points[p] for p in peers if p in points and points[p]["errors"] == 0}
         row: dict[str, Any] = {"points": points}
@@ -116,11 +113,23 @@ def compare_peers(results: dict[str, Any]) -> dict[str, Any]:
     return {"peers": peers, "by_concurrency": by_concurrency}
 
 
-def _find_any_body(results: dict[str, Any], target: str, concurrency: int) -> Run | None:
-    for run in results.get("runs", []):
-        if (run["target"], run["concurrency"]) == (target, concurrency):
-            return dict(run)
-    return None
+def _median_run(
+    results: dict[str, Any], target: str, concurrency: int, body: str | None
+) -> tuple[Run | None, int]:
+    """The run of median images/s among a point's repeats (``--concurrency 64 64 64``; the
+    lower middle one of an even count), and how many repeats there were. ``body`` None: any."""
+    runs = sorted(
+        (
+            run
+            for run in results.get("runs", [])
+            if (run["target"], run["concurrency"]) == (target, concurrency)
+            and body in (None, run["body"])
+        ),
+        key=lambda run: float(run["images_per_s"]),
+    )
+    if not runs:
+        return None, 0
+    return dict(runs[(len(runs) - 1) // 2]), len(runs)
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -252,6 +261,8 @@ def _peer_section(results: dict[str, Any]) -> list[str]:
                 cells.append("n/a")
                 continue
             errors = f", {point['errors']} errors" if point["errors"] else ""
+            if point.get("repeats", 1) > 1:
+                errors += f", median of {point['repeats']}"
             cells.append(
                 f"{_f(point['images_per_s'])} ({_f(point['p50_ms'], 0)} / "
                 f"{_f(point['p99_ms'], 0)}{errors})"
@@ -276,7 +287,9 @@ def _peer_section(results: dict[str, Any]) -> list[str]:
         "Each cell: images/s (p50 / p99 ms). The request body each server takes is in brackets "
         "(BentoML and LitServe read a raw body as JSON, so they take the image as a multipart "
         "part; Triton takes the KServe v2 binary body). The best peer is the one with the most "
-        "images/s among those with zero errors; a ratio above 1.00x means the service is ahead.",
+        "images/s among those with zero errors; a ratio above 1.00x means the service is ahead. "
+        "A point measured several times (a concurrency repeated in --concurrency) shows the "
+        "repeat with the median images/s.",
         "",
         *_table(header, rows),
     ]

@@ -164,3 +164,14 @@ def test_interleave_gives_every_server_a_turn_per_concurrency() -> None:
     ]
     # a concurrency the rounds do not name still runs, last
     assert interleave([[("raw", 8)]], [1])[-1] == [[("raw", 8)]]
+
+
+def test_repeated_points_compare_at_their_median() -> None:
+    runs = [_point("service", "raw", 64, v) for v in (150.0, 170.0, 160.0)] + [
+        _point("litserve", "multipart", 64, v) for v in (180.0, 140.0, 165.0)
+    ]
+    results = {"meta": {"peers": ["litserve"]}, "runs": runs}
+    row = report.compare_peers(results)["by_concurrency"]["64"]
+    assert row["points"]["service"]["images_per_s"] == 160.0
+    assert row["points"]["litserve"]["repeats"] == 3
+    assert row["service_over_best_peer"] == pytest.approx(160 / 165)
