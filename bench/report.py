@@ -251,7 +251,12 @@ def _peer_section(results: dict[str, Any]) -> list[str]:
     comparison = results.get("peer_comparison")
     if not comparison or not comparison["by_concurrency"]:
         return []
-    labels = ["service", "service multipart", "naive", *comparison["peers"]]
+    rows_points = [row["points"] for row in comparison["by_concurrency"].values()]
+    labels = [
+        label
+        for label in ["service", "service multipart", "naive", *comparison["peers"]]
+        if any(label in points for points in rows_points)
+    ]
     rows = []
     for c, row in comparison["by_concurrency"].items():
         cells = []
