@@ -47,7 +47,6 @@ def make_bodies(image: Path, workdir: Path, field: str = "files") -> dict[str, R
         "multipart": RequestBody(
             "multipart", multipart, f"multipart/form-data; boundary={boundary}"
         ),
-        "kserve": make_kserve_body(data, workdir),
     }
 
 

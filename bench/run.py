@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.load import RequestBody, make_bodies, run_wrk, summarise
+from bench.load import RequestBody, make_bodies, make_kserve_body, run_wrk, summarise
 from bench.peers import PEERS
 from bench.servers import HOST, ServerProcess, free_port, running
 from contract.card import CARD_FILE, ModelCard
@@ -112,6 +112,8 @@ class Bench:
         self.args = args
         self.out = out
         self.bodies = make_bodies(Path(args.image), out)
+        # Triton's KServe v2 request with the same image (the PyTriton peer)
+        self.bodies["kserve"] = make_kserve_body(Path(args.image).read_bytes(), out)
 
     def load(self, server: ServerProcess, body: RequestBody, concurrency: int) -> dict[str, Any]:
         """Measure one point; repeat it (up to --retries) while other processes took CPU.

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bench import report
-from bench.load import RequestBody, make_bodies, run_wrk, summarise
+from bench.load import RequestBody, make_bodies, make_kserve_body, run_wrk, summarise
 from bench.servers import HOST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _parse_kserve(headers: dict[str, str], body: bytes) -> tuple[dict[str, Any],
 
 
 def test_kserve_body_is_the_image_as_one_bytes_element(tmp_path: Path) -> None:
-    body = make_bodies(BMP, tmp_path)["kserve"]
+    body = make_kserve_body(BMP.read_bytes(), tmp_path)
     headers = {name.lower(): value for name, value in body.headers}
     header, elements = _parse_kserve(headers, body.path.read_bytes())
     assert elements == [BMP.read_bytes()]
@@ -71,14 +71,14 @@ class _Capture(http.server.BaseHTTPRequestHandler):
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
 def test_wrk_script_sends_the_kserve_header_and_body(tmp_path: Path) -> None:
     """What arrives from wrk (bench/wrk/classify.lua) parses as the image, header included."""
-    bodies = make_bodies(BMP, tmp_path)
+    body = make_kserve_body(BMP.read_bytes(), tmp_path)
     _Capture.seen = []
     server = http.server.ThreadingHTTPServer((HOST, 0), _Capture)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://{HOST}:{server.server_address[1]}/v2/models/classifier/infer"
-        result = summarise(run_wrk(url, bodies["kserve"], 1, 1, 5), 1)
+        result = summarise(run_wrk(url, body, 1, 1, 5), 1)
     finally:
         server.shutdown()
         server.server_close()
