@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
@@ -21,7 +22,7 @@ LUA_SCRIPT = Path(__file__).parent / "wrk" / "classify.lua"
 class RequestBody:
     """The exact bytes wrk sends on every request, and their Content-Type."""
 
-    kind: str  # "raw" or "multipart"
+    kind: str  # "raw", "multipart" or "kserve"
     path: Path
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()  # sent on every request besides Content-Type
@@ -47,6 +48,43 @@ def make_bodies(image: Path, workdir: Path, field: str = "files") -> dict[str, R
             "multipart", multipart, f"multipart/form-data; boundary={boundary}"
         ),
     }
+
+
+KSERVE_INPUT = "image"  # the BYTES input of the PyTriton peer (bench/peers/pytriton_server.py)
+KSERVE_OUTPUTS = ("probabilities", "label")
+
+
+def make_kserve_body(data: bytes, workdir: Path) -> RequestBody:
+    """The image as one element of a BYTES input, in the KServe v2 binary-data extension.
+
+    Triton's HTTP front end takes a JSON inference header followed by the raw tensor bytes;
+    the header's length goes in ``Inference-Header-Content-Length``, and a BYTES element is
+    its length as a 4-byte little-endian integer followed by its bytes. The outputs are asked
+    for as JSON (``binary_data: false``), so the answer is JSON as the service's is.
+    """
+    element = struct.pack("<I", len(data)) + data
+    header = {
+        "inputs": [
+            {
+                "name": KSERVE_INPUT,
+                "shape": [1, 1],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(element)},
+            }
+        ],
+        "outputs": [
+            {"name": name, "parameters": {"binary_data": False}} for name in KSERVE_OUTPUTS
+        ],
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    path = workdir / "body.kserve"
+    path.write_bytes(head + element)
+    return RequestBody(
+        "kserve",
+        path,
+        "application/octet-stream",
+        (("Inference-Header-Content-Length", str(len(head))),),
+    )
 
 
 def wrk_path() -> str:
@@ -86,9 +124,9 @@ def run_wrk(
         **os.environ,
         "BENCH_BODY": str(body.path),
         "BENCH_CONTENT_TYPE": body.content_type,
+        "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in body.headers),
         "BENCH_MAX_REQUESTS": str(max_requests),
         "BENCH_WRK_JSON": str(out),
-        "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in body.headers),
     }
     t0 = time.monotonic()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)

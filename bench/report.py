@@ -11,6 +11,7 @@ TARGET_C64_VS_CEILING = 0.60
 TARGET_C1_P50_MS = 10.0
 
 Run = dict[str, Any]
+PEER_TARGETS = ("bentoml", "litserve", "pytriton")  # plotted with whatever body they take
 
 
 def find_run(
@@ -66,6 +67,69 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
         p50 = s1["latency_ms"]["p50"]
         targets["c1_p50_ms"] = {"value": p50, "met": p50 < TARGET_C1_P50_MS}
     return {"ceiling_images_per_s": ceiling, "by_concurrency": by_concurrency, "targets": targets}
+
+
+def compare_peers(results: dict[str, Any]) -> dict[str, Any]:
+    """Per concurrency: images/s, p50 and p99 of the service (raw and multipart body), the naive
+    baseline and each peer framework; the best peer by images/s; and service / best peer.
+
+    A peer counts only if it answered every request of the point (zero errors): a server that
+    fails requests fast is not faster."""
+    peers = list(results.get("meta", {}).get("peers", []))
+    by_concurrency: dict[str, Any] = {}
+    for c in sorted({int(r["concurrency"]) for r in results.get("runs", [])}):
+        points: dict[str, Any] = {}
+        for label, target, body in [
+            ("service", "service", "raw"),
+            ("service multipart", "service", "multipart"),
+            ("naive", "naive", "raw"),
+            *[(peer, peer, None) for peer in peers],
+        ]:
+            run, repeats = _median_run(results, target, c, body)
+            if run is not None:
+                points[label] = {
+                    "body": run["body"],
+                    "images_per_s": run["images_per_s"],
+                    "p50_ms": run["latency_ms"]["p50"],
+                    "p99_ms": run["latency_ms"]["p99"],
+                    "errors": run["errors"],
+                    "repeats": repeats,
+                }
+        valid = {p: points[p] for p in peers if p in points and points[p]["errors"] == 0}
+        row: dict[str, Any] = {"points": points}
+        if valid:
+            best = max(valid, key=lambda p: float(valid[p]["images_per_s"]))
+            best_rate = float(valid[best]["images_per_s"])
+            row["best_peer"] = best
+            row["best_peer_images_per_s"] = best_rate
+            for label, key in (
+                ("service", "service_over_best_peer"),
+                ("service multipart", "service_multipart_over_best_peer"),
+            ):
+                if label in points and best_rate > 0:
+                    row[key] = float(points[label]["images_per_s"]) / best_rate
+        if points:
+            by_concurrency[str(c)] = row
+    return {"peers": peers, "by_concurrency": by_concurrency}
+
+
+def _median_run(
+    results: dict[str, Any], target: str, concurrency: int, body: str | None
+) -> tuple[Run | None, int]:
+    """The run of median images/s among a point's repeats (``--concurrency 64 64 64``; the
+    lower middle one of an even count), and how many repeats there were. ``body`` None: any."""
+    runs = sorted(
+        (
+            run
+            for run in results.get("runs", [])
+            if (run["target"], run["concurrency"]) == (target, concurrency)
+            and body in (None, run["body"])
+        ),
+        key=lambda run: float(run["images_per_s"]),
+    )
+    if not runs:
+        return None, 0
+    return dict(runs[(len(runs) - 1) // 2]), len(runs)
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -181,6 +245,63 @@ def _comparison(comparison: dict[str, Any]) -> list[str]:
         "",
         *_table(header, rows),
     ]
+
+
+def _peer_section(results: dict[str, Any]) -> list[str]:
+    comparison = results.get("peer_comparison")
+    if not comparison or not comparison["by_concurrency"]:
+        return []
+    rows_points = [row["points"] for row in comparison["by_concurrency"].values()]
+    labels = [
+        label
+        for label in ["service", "service multipart", "naive", *comparison["peers"]]
+        if any(label in points for points in rows_points)
+    ]
+    rows = []
+    for c, row in comparison["by_concurrency"].items():
+        cells = []
+        for label in labels:
+            point = row["points"].get(label)
+            if point is None:
+                cells.append("n/a")
+                continue
+            errors = f", {point['errors']} errors" if point["errors"] else ""
+            if point.get("repeats", 1) > 1:
+                errors += f", median of {point['repeats']}"
+            cells.append(
+                f"{_f(point['images_per_s'])} ({_f(point['p50_ms'], 0)} / "
+                f"{_f(point['p99_ms'], 0)}{errors})"
+            )
+        rows.append([
+            c, *cells, row.get("best_peer", "n/a"),
+            _ratio2(row.get("service_over_best_peer")),
+            _ratio2(row.get("service_multipart_over_best_peer")),
+        ])  # fmt: skip
+    bodies = {
+        label: point["body"]
+        for row in comparison["by_concurrency"].values()
+        for label, point in row["points"].items()
+    }
+    header = [
+        "conc.", *[f"{label} [{bodies.get(label, '?')}]" for label in labels], "best peer",
+        "service / best peer", "service multipart / best peer",
+    ]  # fmt: skip
+    return [
+        "## Service vs peer frameworks (same model, decode, threshold, image and load)",
+        "",
+        "Each cell: images/s (p50 / p99 ms). The request body each server takes is in brackets "
+        "(BentoML and LitServe read a raw body as JSON, so they take the image as a multipart "
+        "part; Triton takes the KServe v2 binary body). The best peer is the one with the most "
+        "images/s among those with zero errors; a ratio above 1.00x means the service is ahead. "
+        "A point measured several times (a concurrency repeated in --concurrency) shows the "
+        "repeat with the median images/s.",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def _ratio2(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _ceiling_section(results: dict[str, Any]) -> list[str]:
@@ -374,6 +495,7 @@ def markdown(results: dict[str, Any]) -> str:
         _header(results),
         _targets(comparison),
         _comparison(comparison),
+        _peer_section(results),
         []
         if not runs
         else [
@@ -408,10 +530,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.8))
-    styles = {"service": ("tab:blue", "o"), "naive": ("tab:red", "s")}
+    styles = {
+        "service": ("tab:blue", "o"),
+        "naive": ("tab:red", "s"),
+        "bentoml": ("tab:orange", "^"),
+        "litserve": ("tab:purple", "v"),
+        "pytriton": ("tab:brown", "D"),
+    }
     for target, (colour, marker) in styles.items():
         runs = sorted(
-            (r for r in results.get("runs", []) if r["target"] == target and r["body"] == "raw"),
+            (
+                r
+                for r in results.get("runs", [])
+                if r["target"] == target and (r["body"] == "raw" or target in PEER_TARGETS)
+            ),
             key=lambda r: int(r["concurrency"]),
         )
         if not runs:

@@ -9,6 +9,7 @@ See bench/README.md for what is measured and how to read the results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,18 +19,20 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.load import RequestBody, make_bodies, run_wrk, summarise
+from bench.load import RequestBody, make_bodies, make_kserve_body, run_wrk, summarise
+from bench.peers import PEERS
 from bench.servers import HOST, ServerProcess, free_port, running
 from contract.card import CARD_FILE, ModelCard
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = REPO / "tests" / "data" / "cnmc_bmp" / "UID_51_101_1_all.bmp"
-CLASSIFY_PATH = "/v1/classify"
 
 
 def resolve_default_model(store: Path) -> tuple[str, int, Path]:
@@ -109,6 +112,8 @@ class Bench:
         self.args = args
         self.out = out
         self.bodies = make_bodies(Path(args.image), out)
+        # Triton's KServe v2 request with the same image (the PyTriton peer)
+        self.bodies["kserve"] = make_kserve_body(Path(args.image).read_bytes(), out)
 
     def load(self, server: ServerProcess, body: RequestBody, concurrency: int) -> dict[str, Any]:
         """Measure one point; repeat it (up to --retries) while other processes took CPU.
@@ -130,11 +135,12 @@ class Bench:
         self, server: ServerProcess, body: RequestBody, concurrency: int
     ) -> dict[str, Any]:
         """Warm up, then one measured wrk run with the server's CPU and the machine's CPU."""
-        url = server.base_url + CLASSIFY_PATH
+        url = server.base_url + server.classify_path
         args = self.args
         if args.warmup > 0:
             run_wrk(url, body, concurrency, args.warmup, args.max_requests, cpu=args.wrk_cpu)
         drained_s = server.wait_idle()
+        loadavg_before = _loadavg()
         metrics_before = parse_histograms(server.get_text("/metrics"))
         server_cpu0, machine_cpu0, t0 = server.cpu_seconds(), system_cpu_busy_s(), time.monotonic()
         raw = run_wrk(url, body, concurrency, args.duration, args.max_requests, cpu=args.wrk_cpu)
@@ -156,6 +162,8 @@ class Bench:
             wrk_cpu_util=wrk_cpu / wall,
             other_cpu_util=max(0.0, machine_cpu - server_cpu - wrk_cpu) / wall,
             server_histograms=histogram_means(metrics_before, metrics_after),
+            loadavg_before=loadavg_before,
+            loadavg_after=_loadavg(),
         )
         latency = summary["latency_ms"]
         print(
@@ -172,22 +180,59 @@ class Bench:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         runs = []
         with running(server):
-            startup_s = server.start()
-            print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
-            idle = server.memory()
-            models = _json_or_none(server.get_text("/v1/models"))
+            info = self._started(server, plan)
             for body_kind, concurrency in plan:
                 runs.append(self.load(server, self.bodies[body_kind], concurrency))
-            info = {
-                "command": server.command,
-                "env": dict(server.env),
-                "startup_s": startup_s,
-                "models": models,
-                "batching": _batching_modes(models),
-                "memory_ready": idle,
-                "memory_end": server.memory(),
-            }
+            info["memory_end"] = server.memory()
         return info, runs
+
+    def serve_interleaved(
+        self, plans: list[tuple[ServerProcess, list[tuple[str, int]]]], rounds: list[int]
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+        """Start all servers, then load them in turns: every server's points at one
+        concurrency, then the next concurrency. On a shared machine the contention then falls
+        on all of them alike instead of on whichever ran while another job was busy.
+        Returns the servers' info, the runs and the servers that failed to start."""
+        infos: dict[str, dict[str, Any]] = {}
+        failures: dict[str, str] = {}
+        runs: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as stack:
+            started = []
+            for server, plan in plans:
+                stack.enter_context(running(server))
+                try:
+                    infos[server.name] = self._started(server, plan)
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"{server.name} FAILED: {exc}", flush=True)
+                    failures[server.name] = str(exc)
+                    server.stop()
+                    continue
+                started.append((server, plan))
+            for turn in interleave([plan for _, plan in started], rounds):
+                for (server, _), points in zip(started, turn, strict=True):
+                    for body_kind, c in points:
+                        for other, _ in started:  # backlog left by the previous point
+                            other.wait_idle()
+                        runs.append(self.load(server, self.bodies[body_kind], c))
+            for server, _ in started:
+                infos[server.name]["memory_end"] = server.memory()
+        return infos, runs, failures
+
+    def _started(self, server: ServerProcess, plan: list[tuple[str, int]]) -> dict[str, Any]:
+        """Start the server; what it is and how it answers, before any load."""
+        startup_s = server.start()
+        print(f"{server.name}: ready in {startup_s:.1f} s", flush=True)
+        idle = server.memory()
+        models = _json_or_none(server.get_text("/v1/models"))
+        return {
+            "command": server.command,
+            "env": dict(server.env),
+            "startup_s": startup_s,
+            "models": models,
+            "batching": _batching_modes(models),
+            "sample_answer": sample_answer(server, self.bodies[plan[0][0]]) if plan else None,
+            "memory_ready": idle,
+        }
 
 
 def service_server(
@@ -212,6 +257,70 @@ def service_server(
     else:
         command = [part.replace("{port}", str(port)) for part in command]
     return ServerProcess(name, command, {**base_env, **(env or {})}, port, out / f"{name}.log")
+
+
+Point = tuple[str, int]  # (body kind, concurrency)
+
+
+def interleave(plans: list[list[Point]], rounds: list[int]) -> list[list[list[Point]]]:
+    """Split each server's plan into turns, one per entry of ``rounds`` (concurrencies, in
+    order, repeats allowed): in each turn every server runs its points at that concurrency,
+    a repeated concurrency sharing them out evenly (``--concurrency 64 64`` gives each server
+    two turns at 64 with one raw and one multipart point each, not both raw ones first).
+    Points at concurrencies not in ``rounds`` come in a last turn."""
+    turns: list[list[list[Point]]] = [[[] for _ in plans] for _ in rounds]
+    leftover: list[list[Point]] = [[] for _ in plans]
+    for index, plan in enumerate(plans):
+        for c in dict.fromkeys(c for _, c in plan):
+            points = [point for point in plan if point[1] == c]
+            mine = [turn for turn, rc in enumerate(rounds) if rc == c]
+            if not mine:
+                leftover[index] += points
+                continue
+            # the k-th repeat of a point goes to the k-th turn at its concurrency
+            seen: dict[str, int] = {}
+            for body_kind, _ in points:
+                k = seen.get(body_kind, 0)
+                seen[body_kind] = k + 1
+                turns[mine[min(k, len(mine) - 1)]][index].append((body_kind, c))
+    if any(leftover):
+        turns.append(leftover)
+    return turns
+
+
+def sample_answer(server: ServerProcess, body: RequestBody) -> dict[str, Any]:
+    """One request before the load: its status and JSON answer, to show every server answers
+    the same image with the same label (wrk counts statuses only)."""
+    request = urllib.request.Request(
+        server.base_url + server.classify_path,
+        data=body.path.read_bytes(),
+        headers={"Content-Type": body.content_type, **dict(body.headers)},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = int(response.status), response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        return {"status": None, "error": str(exc)}
+    return {"status": status, "body": _json_or_none(text) or text[:500]}
+
+
+def peer_server(out: Path, name: str, model_dir: Path) -> ServerProcess:
+    """A peer framework (bench/peers) from its own venv, serving the same model version."""
+    peer = PEERS[name]
+    port = free_port()
+    command, env = peer.command(peer.python, port, free_port)
+    return ServerProcess(
+        name,
+        command,
+        {**env, "PEER_MODEL_DIR": str(model_dir)},
+        port,
+        out / f"{name}.log",
+        ready_path=peer.ready_path,
+        classify_path=peer.classify_path,
+    )
 
 
 def _uvicorn(factory: str, port: int) -> list[str]:
@@ -409,6 +518,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         choices=["service", "naive", "floor", "ceiling", "multipart"],
     )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=[],
+        choices=list(PEERS),
+        help="also load these frameworks serving the same model (bench/peers/README.md)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also try service settings (slow)")
     parser.add_argument("--sweep-concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument(
@@ -448,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
             if Path(args.image).resolve().is_relative_to(REPO)
             else str(args.image),
             "model": {"name": name, "version": version, "dir": str(model_dir)},
+            "peers": list(args.peers),
         },
         "servers": {},
         "runs": [],
@@ -470,8 +587,10 @@ def main(argv: list[str] | None = None) -> None:
 
     service_plan = [("raw", c) for c in args.concurrency]
     if "multipart" not in args.skip:
-        service_plan += [("multipart", c) for c in (1, 32)]
-    if "service" not in args.skip:
+        # BentoML and LitServe take multipart only: compare them with the service's multipart.
+        multipart = args.concurrency if args.peers else (1, 32)
+        service_plan += [("multipart", c) for c in multipart]
+    if "service" not in args.skip and not args.peers:
         step("service", lambda: serve(service_server(out, store), service_plan))
     if "naive" not in args.skip:
         step(
@@ -483,6 +602,24 @@ def main(argv: list[str] | None = None) -> None:
             "http-floor",
             lambda: serve(floor_server(out), [("raw", 1), ("raw", 32), ("multipart", 32)]),
         )
+    if args.peers:
+        # The service and the peers run side by side and are loaded in turns (serve_interleaved).
+        group = [] if "service" in args.skip else [(service_server(out, store), service_plan)]
+        for name in args.peers:
+            if not PEERS[name].installed():
+                message = (
+                    f"venv {PEERS[name].venv} missing: run `python -m bench.peers setup {name}`"
+                )
+                print(f"{name}: skipped, {message}", flush=True)
+                results.setdefault("skipped", {})[name] = message
+                continue
+            plan = [(PEERS[name].body_kind, c) for c in args.concurrency]
+            group.append((peer_server(out, name, model_dir), plan))
+        infos, runs, failed = bench.serve_interleaved(group, args.concurrency)
+        results["servers"].update(infos)
+        results["runs"] += runs
+        if failed:
+            results.setdefault("failures", {}).update(failed)
     if args.sweep:
         results["sweep"] = run_sweep(bench, store, out)
 
@@ -490,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     results["meta"]["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     results["meta"]["elapsed_s"] = time.monotonic() - started
     results["comparison"] = report.compare(results)
+    if args.peers:
+        results["peer_comparison"] = report.compare_peers(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(report.markdown(results))
     report.plot(results, out / "results.png")
@@ -498,6 +637,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"wrote {out}/results.json, results.md, results.png in {results['meta']['elapsed_s']:.0f} s"
     )
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
 def _json_or_none(text: str | None) -> Any:

@@ -72,6 +72,7 @@ class ServerProcess:
     port: int
     log_path: Path
     ready_path: str = "/health/ready"
+    classify_path: str = "/v1/classify"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -147,12 +148,30 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # Children a framework started (workers, Triton's server binary) must not outlive the
+        # run and take CPU from the next server, even when their parent does not stop them.
+        children = self.pids()[1:]
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.2)
+        for pid in filter(_alive, children):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 -- Configured through environment variables (wrk passes no structured options to Lua):
 --   BENCH_BODY          file holding the exact request body (raw BMP, or a prebuilt multipart body)
 --   BENCH_CONTENT_TYPE  Content-Type header, e.g. "image/bmp" or "multipart/form-data; boundary=..."
+--   BENCH_HEADERS       optional further headers, one "Name: value" per line (the KServe v2 body
+--                       of the Triton peer needs Inference-Header-Content-Length)
 --   BENCH_MAX_REQUESTS  per-thread cap on responses (bounds the run in count as well as time).
 --                       Soft by up to connections - 1: thread:stop() ends the event loop after
 --                       the current pass, and responses already read in that pass still count.
@@ -15,9 +17,9 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = assert(os.getenv("BENCH_CONTENT_TYPE"), "BENCH_CONTENT_TYPE not set")
-for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\n]+") do
-  local name, value = line:match("^([^:]+):%s*(.*)$")
-  if name then wrk.headers[name] = value end
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  wrk.headers[assert(name, "BENCH_HEADERS line without a colon")] = value
 end
 
 local max_requests = tonumber(os.getenv("BENCH_MAX_REQUESTS") or "0")
