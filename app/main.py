@@ -14,10 +14,13 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api import explain as explain_routes
 from app.api import routes
+from app.api.ui import mount_ui
 from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.explain import Explainer
 from app.lifecycle import Lifecycle
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
@@ -97,6 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (routes.health, routes.models, routes.classify, routes.operations):
         app.include_router(router)
+    app.state.explainer = Explainer(dataplane, settings.explain_concurrency)
+    app.include_router(explain_routes.explain)
+    mount_ui(app)
     _document_security(app)
     _offline_docs(app)
 

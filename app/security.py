@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_response
 
-OPEN_PATHS = frozenset({"/health/live", "/health/ready"})
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/", "/ui", "/ui/"})
+OPEN_PREFIXES = ("/ui/static/",)  # the review page's files: no data; its API calls need a key
 
 
 def _presented_key(scope: Scope) -> str | None:
@@ -46,6 +47,7 @@ class ApiKeyMiddleware:
         if (
             scope["type"] != "http"
             or scope["path"] in OPEN_PATHS
+            or scope["path"].startswith(OPEN_PREFIXES)
             or key_is_valid(_presented_key(scope), self.keys)
         ):
             await self.app(scope, receive, send)

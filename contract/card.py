@@ -16,6 +16,7 @@ only passes them through.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -177,6 +178,13 @@ class ModelCard(_Group):
     @property
     def positive_index(self) -> int:
         return self.labels.index(self.positive_label)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the sorted ``path<TAB>sha256<LF>`` lines of ``files``: one string that
+        names the version's exact SavedModel files."""
+        lines = "".join(f"{path}\t{sha}\n" for path, sha in sorted(self.files.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
 
     def to_json(self) -> str:
         """The file's text: two-space indent, declaration order, trailing newline."""

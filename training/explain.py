@@ -24,7 +24,6 @@ SavedModel variables; :func:`export_with_explanations` writes them as a new vers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -224,12 +223,6 @@ def _restore_by_index(network: keras.Model, variables: Path, prefix: str) -> Non
 _ATTR = {"kernel": "_kernel"}
 
 
-def version_digest(card: ModelCard) -> str:
-    """sha256 over the card's file hashes: one string that names a version's exact files."""
-    lines = "".join(f"{path}\t{sha}\n" for path, sha in sorted(card.files.items()))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
 def serving_probabilities(version_dir: Path, images: NDArray[np.uint8]) -> NDArray[np.float32]:
     loaded = tf.saved_model.load(str(version_dir))
     out = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
@@ -256,7 +249,7 @@ def export_with_explanations(
         signature=EXPLAIN_SIGNATURE,
         method=METHOD,
         extends_version=old.version,
-        extends_digest=version_digest(old),
+        extends_digest=old.digest,
         max_probability_difference=difference,
     )
     extras = {p.name: p for p in sorted(version_dir.iterdir()) if p.suffix in (".md", ".png")}
