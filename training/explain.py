@@ -300,3 +300,51 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- sanity checks ---------------------------------------------------------------------------
+
+
+def randomise_weights(model: keras.Model, seed: int) -> None:
+    """Adebayo et al. (2018)'s model-randomisation test: every conv and dense weight redrawn
+    (normal, same spread as the trained weight); batch-norm statistics kept, so activations
+    stay in range and only what was learned is destroyed."""
+    rng = np.random.default_rng(seed)
+    for network, _ in networks_of(model):
+        for layer in network.layers:
+            if isinstance(layer, layers.Conv2D | layers.Dense):
+                for weight in layer.weights:
+                    spread = float(np.std(weight.numpy())) or 0.05
+                    weight.assign(rng.normal(0.0, spread, weight.shape).astype(np.float32))
+
+
+def rank_correlation(a: NDArray[np.floating], b: NDArray[np.floating]) -> float:
+    """Spearman's rho (ties broken by position; the maps are continuous)."""
+    ranks_a = np.argsort(np.argsort(a, axis=None)).astype(np.float64)
+    ranks_b = np.argsort(np.argsort(b, axis=None)).astype(np.float64)
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def heat_on_cell(
+    signed: NDArray[np.float32], pixels: NDArray[np.uint8], positive: bool, dark_level: int = 10
+) -> float | None:
+    """Share of the predicted label's map mass on non-black pixels (None: no mass)."""
+    heat = np.maximum(signed if positive else -signed, 0.0)
+    total = float(heat.sum())
+    if total <= 0:
+        return None
+    return float(heat[pixels.max(axis=-1) > dark_level].sum()) / total
+
+
+def randomisation_check(version_dir: Path, images: NDArray[np.uint8], seed: int = 0) -> list[float]:
+    """Per image, the rank correlation over the cell's pixels between the trained model's
+    signed map and the map of the same network with randomised weights."""
+    model, config, _ = restore_shipped(version_dir)
+    module = ExplainableCellClassifier(model, config.input_size, config.crop_fraction)
+    trained = module.explain(tf.constant(images))["class_activation"].numpy()
+    randomise_weights(model, seed)
+    randomised = module.explain(tf.constant(images))["class_activation"].numpy()
+    cells = images.max(axis=-1) > 10
+    return [
+        rank_correlation(t[c], r[c]) for t, r, c in zip(trained, randomised, cells, strict=True)
+    ]
