@@ -1,17 +1,21 @@
-"""Explanations: the version's ``explain`` signature, run outside the classification batcher.
+"""Explanations: the version's ``explain`` signature, run apart from classification.
 
-Classification must never wait behind an explanation (a Grad-CAM pass costs a forward and a
-backward pass per image), so explanations have their own small pool of slots
-(``LEUK_EXPLAIN_CONCURRENCY``) and a request that finds every slot taken is refused with 503
-``explain_busy`` instead of queueing. The signature is loaded from the version folder on
-first use and kept; classification keeps using its own runtime.
+Classification must not wait behind an explanation (a Grad-CAM pass costs a forward and a
+backward pass per image). Explanations therefore run in worker processes of their own
+(``LEUK_EXPLAIN_CONCURRENCY`` of them, started on first use) at the lowest CPU priority
+(nice 19) with one TensorFlow thread each: the kernel gives classification the cores whenever
+it wants them, which threads sharing the service's TensorFlow thread pool could not. A request
+that finds every worker busy is refused with 503 ``explain_busy`` instead of queueing. Each
+worker loads the version's SavedModel itself and keeps it.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import threading
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import anyio
@@ -32,9 +36,14 @@ OVERLAY_MAX_SIDE = 300
 class Explainer:
     def __init__(self, dataplane: DataPlane, concurrency: int) -> None:
         self.dataplane = dataplane
+        self._concurrency = concurrency
         self._slots = anyio.CapacityLimiter(concurrency)
-        self._functions: dict[tuple[str, int], Any] = {}
-        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     async def explain(
         self, loaded: LoadedVersion, payloads: list[bytes], request_id: str
@@ -72,28 +81,27 @@ class Explainer:
             results.append(self._explain_one(index, loaded, image))
         return results
 
-    def _function(self, loaded: LoadedVersion) -> Any:
-        with self._lock:
-            if loaded.key not in self._functions:
-                import tensorflow as tf
-
-                path = self.dataplane.registry.store.version_dir(loaded.name, loaded.version)
-                saved = tf.saved_model.load(str(path))
-                signature = loaded.card.explain.signature if loaded.card.explain else "explain"
-                # Keep the loaded object alive with its function (variables are weak refs).
-                self._functions[loaded.key] = (saved, saved.signatures[signature])
-            return self._functions[loaded.key][1]
+    def _signature_outputs(
+        self, loaded: LoadedVersion, pixels: NDArray[np.uint8]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._concurrency,
+                mp_context=multiprocessing.get_context("spawn"),  # no forked TensorFlow state
+                initializer=_start_worker,
+            )
+        card = loaded.card
+        assert card.explain is not None
+        path = str(self.dataplane.registry.store.version_dir(loaded.name, loaded.version))
+        names = (card.explain.signature, card.output.output_name, card.explain.output_name)
+        return self._pool.submit(_explain_in_worker, path, names, pixels).result()
 
     def _explain_one(
         self, index: int, loaded: LoadedVersion, image: DecodedImage
     ) -> ExplainedResult:
-        import tensorflow as tf
-
         card = loaded.card
         assert card.explain is not None
-        outputs = self._function(loaded)(images=tf.constant(image.pixels[None]))
-        row = np.asarray(outputs[card.output.output_name].numpy()[0], dtype=np.float32)
-        signed = np.asarray(outputs[card.explain.output_name].numpy()[0], dtype=np.float32)
+        row, signed = self._signature_outputs(loaded, image.pixels)
         result = DataPlane._result(index, loaded, image, row)
         sign = 1.0 if result.label == card.positive_label else -1.0
         heat = np.maximum(sign * signed, 0.0)
@@ -146,3 +154,46 @@ def overlay_png(pixels: NDArray[np.uint8], heat: NDArray[np.float32]) -> str:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- worker processes ------------------------------------------------------------------------
+_signatures: dict[str, Any] = {}
+
+
+def _start_worker() -> None:
+    os.nice(19)  # classification, in the service's process, always goes first
+    _exit_with_parent()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _explain_in_worker(
+    path: str, names: tuple[str, str, str], pixels: NDArray[np.uint8]
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    import tensorflow as tf
+
+    signature, probabilities, activation = names
+    if path not in _signatures:
+        saved = tf.saved_model.load(path)
+        # Keep the loaded object alive with its function (variables are weak references).
+        _signatures[path] = (saved, saved.signatures[signature])
+    outputs = _signatures[path][1](images=tf.constant(pixels[None]))
+    return (
+        np.asarray(outputs[probabilities].numpy()[0], dtype=np.float32),
+        np.asarray(outputs[activation].numpy()[0], dtype=np.float32),
+    )
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this worker when the service process dies, however it dies, so a killed
+    service leaves no worker behind."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    name = ctypes.util.find_library("c")
+    if name:
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(name).prctl(pr_set_pdeathsig, signal.SIGTERM)

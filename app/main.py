@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     lifecycle = Lifecycle(settings, registry, batcher, metrics)
     dataplane = DataPlane(settings, registry, lifecycle, batcher, metrics)
     api_keys = settings.load_api_keys()
+    explainer = Explainer(dataplane, settings.explain_concurrency)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 tasks.cancel_scope.cancel()
                 batcher.stop()
+                explainer.close()
                 _log.info("stopped")
 
     app = FastAPI(
@@ -100,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (routes.health, routes.models, routes.classify, routes.operations):
         app.include_router(router)
-    app.state.explainer = Explainer(dataplane, settings.explain_concurrency)
+    app.state.explainer = explainer
     app.include_router(explain_routes.explain)
     mount_ui(app)
     _document_security(app)

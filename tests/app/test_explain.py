@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -120,3 +121,16 @@ async def test_summary_carries_the_wilson_interval_and_model_info_the_digest() -
     assert low < p < high or p in (0.0, 1.0)
     assert info.json()["explain"]["extends_version"] == 2
     assert len(info.json()["digest"]) == 64
+
+
+async def test_explanations_run_in_low_priority_workers_that_stop_with_the_app() -> None:
+    async with serve(_settings()) as client:
+        response = await client.post("/v1/explain", files=_files(CNMC_PNGS[:1]))
+        assert response.status_code == 200
+        explainer: Explainer = client.app.state.explainer  # type: ignore[attr-defined]
+        assert explainer._pool is not None
+        workers = list(explainer._pool._processes.values())
+        assert workers and all(os.getpriority(os.PRIO_PROCESS, w.pid) == 19 for w in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
