@@ -16,6 +16,7 @@ import io
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from app.errors import ExplainBusy, ExplainUnsupported, ServiceError
 from app.imaging import DecodedImage, decode_image
 from app.registry import LoadedVersion
 from app.schemas import ExplainedResult, ExplainResponse, Heatmap
+from contract.card import ModelCard
 
 GRID_SIZE = 16
 OVERLAY_MAX_SIDE = 300
@@ -69,60 +71,72 @@ class Explainer:
         )
 
     def _run(self, loaded: LoadedVersion, payloads: list[bytes]) -> list[ExplainedResult]:
-        max_pixels = self.dataplane.settings.max_image_pixels
         results = []
         for index, payload in enumerate(payloads):
             try:
-                image = decode_image(payload, max_pixels)
+                results.append(self._explain_one(index, loaded, payload))
             except ServiceError as exc:
                 if len(payloads) > 1:
                     exc.detail = f"Image {index}: {exc.detail}"
                 raise
-            results.append(self._explain_one(index, loaded, image))
         return results
 
-    def _signature_outputs(
-        self, loaded: LoadedVersion, pixels: NDArray[np.uint8]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    def _explain_one(self, index: int, loaded: LoadedVersion, payload: bytes) -> ExplainedResult:
+        """Decode, explain and draw one image in a worker; only the answer comes back."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self._concurrency,
                 mp_context=multiprocessing.get_context("spawn"),  # no forked TensorFlow state
                 initializer=_start_worker,
             )
-        card = loaded.card
-        assert card.explain is not None
         path = str(self.dataplane.registry.store.version_dir(loaded.name, loaded.version))
-        names = (card.explain.signature, card.output.output_name, card.explain.output_name)
-        return self._pool.submit(_explain_in_worker, path, names, pixels).result()
-
-    def _explain_one(
-        self, index: int, loaded: LoadedVersion, image: DecodedImage
-    ) -> ExplainedResult:
-        card = loaded.card
-        assert card.explain is not None
-        row, signed = self._signature_outputs(loaded, image.pixels)
+        max_pixels = self.dataplane.settings.max_image_pixels
+        outcome = self._pool.submit(
+            _explain_in_worker, path, loaded.card, payload, max_pixels
+        ).result()
+        if isinstance(outcome, _Refused):
+            raise outcome.error(outcome.detail)
+        image, row, heatmap = outcome
         result = DataPlane._result(index, loaded, image, row)
-        sign = 1.0 if result.label == card.positive_label else -1.0
-        heat = np.maximum(sign * signed, 0.0)
-        total = float(np.abs(signed).sum())
-        mass = float(heat.sum())
-        peak = float(heat.max())
-        normalised = heat / peak if peak > 0 else heat
-        cell = image.pixels.max(axis=-1) > card.input_checks.dark_level
-        heatmap = Heatmap(
-            method=card.explain.method,
-            target_label=result.label,
-            png_base64=overlay_png(image.pixels, normalised),
-            grid=grid_of(normalised, GRID_SIZE),
-            grid_size=GRID_SIZE,
-            heat_on_cell=float(heat[cell].sum()) / mass if mass > 0 else None,
-            spatial_evidence=mass / total if total > 0 else 0.0,
-        )
         return ExplainedResult(**result.model_dump(), heatmap=heatmap)
 
 
-def grid_of(heat: NDArray[np.float32], size: int) -> list[list[float]]:
+@dataclass(frozen=True)
+class _Refused:
+    """A ServiceError raised in a worker, carried back by class and detail."""
+
+    error: type[ServiceError]
+    detail: str
+
+
+def heatmap_of(
+    card: ModelCard,
+    pixels: NDArray[np.uint8],
+    row: NDArray[np.float32],
+    signed: NDArray[np.float32],
+) -> Heatmap:
+    """The predicted label's map (the positive part of +map or -map) drawn and summarised."""
+    assert card.explain is not None
+    predicted_positive = bool(row[card.positive_index] >= card.threshold)
+    negative = next(label for label in card.labels if label != card.positive_label)
+    heat = np.maximum(signed if predicted_positive else -signed, 0.0)
+    total = float(np.abs(signed).sum())
+    mass = float(heat.sum())
+    peak = float(heat.max())
+    normalised = heat / peak if peak > 0 else heat
+    cell = pixels.max(axis=-1) > card.input_checks.dark_level
+    return Heatmap(
+        method=card.explain.method,
+        target_label=card.positive_label if predicted_positive else negative,
+        png_base64=overlay_png(pixels, normalised),
+        grid=grid_of(normalised, GRID_SIZE),
+        grid_size=GRID_SIZE,
+        heat_on_cell=float(heat[cell].sum()) / mass if mass > 0 else None,
+        spatial_evidence=mass / total if total > 0 else 0.0,
+    )
+
+
+def grid_of(heat: NDArray[np.floating], size: int) -> list[list[float]]:
     """Mean of ``heat`` over a size x size grid of equal image regions, rescaled to max 1."""
     rows = np.array_split(np.arange(heat.shape[0]), size)
     cols = np.array_split(np.arange(heat.shape[1]), size)
@@ -132,7 +146,7 @@ def grid_of(heat: NDArray[np.float32], size: int) -> list[list[float]]:
     return [[round(float(v), 4) for v in row] for row in grid]
 
 
-def colormap(values: NDArray[np.float32]) -> NDArray[np.uint8]:
+def colormap(values: NDArray[np.floating]) -> NDArray[np.uint8]:
     """[H, W] in [0, 1] -> [H, W, 3]: dark blue through red to yellow (a perceptually
     ordered ramp, readable by most colour-blind viewers)."""
     stops = np.array(
@@ -145,7 +159,7 @@ def colormap(values: NDArray[np.float32]) -> NDArray[np.uint8]:
     return np.asarray(mixed, dtype=np.uint8)
 
 
-def overlay_png(pixels: NDArray[np.uint8], heat: NDArray[np.float32]) -> str:
+def overlay_png(pixels: NDArray[np.uint8], heat: NDArray[np.floating]) -> str:
     """The image with ``heat`` blended over it (more heat, more opaque), base64 PNG."""
     alpha = (0.65 * np.clip(heat, 0.0, 1.0))[..., None]
     blended = pixels.astype(np.float32) * (1 - alpha) + colormap(heat) * alpha
@@ -170,20 +184,25 @@ def _start_worker() -> None:
 
 
 def _explain_in_worker(
-    path: str, names: tuple[str, str, str], pixels: NDArray[np.uint8]
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    path: str, card: ModelCard, payload: bytes, max_pixels: int
+) -> tuple[DecodedImage, NDArray[np.float32], Heatmap] | _Refused:
     import tensorflow as tf
 
-    signature, probabilities, activation = names
+    assert card.explain is not None
+    try:
+        image = decode_image(payload, max_pixels)
+    except ServiceError as exc:
+        return _Refused(type(exc), exc.detail)
     if path not in _signatures:
         saved = tf.saved_model.load(path)
         # Keep the loaded object alive with its function (variables are weak references).
-        _signatures[path] = (saved, saved.signatures[signature])
-    outputs = _signatures[path][1](images=tf.constant(pixels[None]))
-    return (
-        np.asarray(outputs[probabilities].numpy()[0], dtype=np.float32),
-        np.asarray(outputs[activation].numpy()[0], dtype=np.float32),
-    )
+        _signatures[path] = (saved, saved.signatures[card.explain.signature])
+    outputs = _signatures[path][1](images=tf.constant(image.pixels[None]))
+    row = np.asarray(outputs[card.output.output_name].numpy()[0], dtype=np.float32)
+    signed = np.asarray(outputs[card.explain.output_name].numpy()[0], dtype=np.float32)
+    heatmap = heatmap_of(card, image.pixels, row, signed)
+    # The pixels stay here: the service needs only the input check and the answer.
+    return replace(image, pixels=np.zeros((0, 0, 3), np.uint8)), row, heatmap
 
 
 def _exit_with_parent() -> None:
