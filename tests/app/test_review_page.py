@@ -216,6 +216,29 @@ def test_review_page_classifies_a_sample_and_explains_a_cell(
     assert image.get_attribute("src").startswith("data:image/png;base64,")
     assert top.find_element(By.CLASS_NAME, "heat-note").text
 
+    # Keyboard: the large view opens with Enter on a cell and closes with Escape.
+    from selenium.webdriver.common.keys import Keys
+
+    opener = cells[1].find_element(By.CLASS_NAME, "cell-open")
+    opener.send_keys(Keys.ENTER)
+    viewer = browser.find_element(By.ID, "viewer")
+    wait.until(lambda d: viewer.get_attribute("open") is not None)
+    assert "P(blast)" in viewer.text
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    wait.until(lambda d: viewer.get_attribute("open") is None)
+
+    # The CSV download holds one row per image, in the API's words.
+    csv_rows = browser.execute_script("return resultsCsv()").strip().split("\n")
+    assert csv_rows[0].startswith("file,label,blast_probability")
+    assert len(csv_rows) == 1 + len(sample)
+    assert sum(",all," in row for row in csv_rows) == sum(r["label"] == "all" for r in expected)
+
+    # Tablet width: nothing wider than the window.
+    browser.set_window_size(768, 1024)
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth"
+    )
+
     browser.set_window_size(1280, 1300)
     browser.execute_script("document.getElementById('summary').scrollIntoView()")
     browser.save_screenshot(str(tmp_path / "review-page.png"))
