@@ -59,6 +59,15 @@ def _check_all(
     return decoded
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval: unlike the normal approximation it stays inside [0, 1] and
+    keeps its coverage for the small counts and extreme shares of one sample's cells."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return (round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6))
+
+
 class DataPlane:
     """Resolve the model, decode, batch, shape the result. Readiness is the lifecycle's
     (app/lifecycle.py); which version answers is the registry's (``resolve``)."""
@@ -253,6 +262,11 @@ class DataPlane:
             blast_fraction_in_distribution=(
                 sum(r.label == positive for r in in_dist) / len(in_dist) if in_dist else None
             ),
+            blast_fraction_ci95=(
+                wilson_interval(sum(r.label == positive for r in in_dist), len(in_dist))
+                if in_dist
+                else None
+            ),
         )
 
     # --- health and info ---------------------------------------------------------------
@@ -306,4 +320,6 @@ class DataPlane:
             loaded_at=loaded.loaded_at if loaded else None,
             batching=described["batching"],
             input_checks=OOD_MEANING,
+            digest=card.digest,
+            explain=card.explain.model_dump() if card.explain else None,
         )

@@ -122,6 +122,14 @@ class InvalidInferenceRequest(ServiceError):
     reject_reason = "invalid_inference_request"
 
 
+class ExplainUnsupported(ServiceError):
+    status_code, code = 409, "explain_unsupported"
+    default_detail = (
+        "This model version has no 'explain' signature; use a version whose card lists one."
+    )
+    reject_reason = "explain_unsupported"
+
+
 class Unauthorized(ServiceError):
     status_code, code = 401, "unauthorized"
     default_detail = "A valid API key is required (X-API-Key or Authorization: Bearer)."
@@ -180,6 +188,14 @@ class NotReady(ServiceError):
 class Overloaded(ServiceError):
     status_code, code = 503, "overloaded"
     default_detail = "Too many images are waiting for inference; retry later."
+
+
+class ExplainBusy(ServiceError):
+    """Explanations run in their own small pool (LEUK_EXPLAIN_CONCURRENCY), never in the
+    classification batcher; when it is full the request is refused, not queued."""
+
+    status_code, code = 503, "explain_busy"
+    default_detail = "All explanation slots are busy; retry in a moment."
 
 
 class TooManyConnections(ServiceError):

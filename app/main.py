@@ -15,12 +15,15 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api import explain as explain_routes
 from app.api import routes
+from app.api.ui import mount_ui
 from app.audit import api as audit_api
 from app.audit.trail import AuditTrail
 from app.batching import Batcher
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.explain import Explainer
 from app.keys import parse_api_keys
 from app.lifecycle import Lifecycle
 from app.log import configure_logging, get_logger
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, registry, lifecycle, batcher, metrics)
     api_keys = parse_api_keys(settings.load_api_keys())
     audit = AuditTrail(settings, metrics.registry)
+    explainer = Explainer(dataplane, settings.explain_concurrency)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 tasks.cancel_scope.cancel()
                 batcher.stop()
+                explainer.close()
                 with anyio.CancelScope(shield=True):  # the task group is being cancelled
                     await anyio.to_thread.run_sync(audit.stop)  # writes what is queued first
                 _log.info("stopped")
@@ -117,6 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_api.router,
     ):
         app.include_router(router)
+    app.state.explainer = explainer
+    app.include_router(explain_routes.explain)
+    mount_ui(app)
     _document_security(app, auth=bool(api_keys))
     _offline_docs(app)
 

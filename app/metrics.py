@@ -95,12 +95,7 @@ class Metrics:
     def observe_loaded(self, model: LoadedVersion, is_default: bool) -> None:
         version = str(model.version)
         self.load_seconds.labels(model.name, version).set(model.load_seconds)
-        framework = (model.card.model_extra or {}).get("framework", {})
-        tensorflow = (
-            str(framework.get("tensorflow", "unknown"))
-            if isinstance(framework, dict)
-            else "unknown"
-        )
+        tensorflow = model.card.framework.tensorflow
         common = (model.name, version, str(model.card.threshold), tensorflow)
         stale = (*common, "false" if is_default else "true")
         with contextlib.suppress(KeyError):  # a version's default flag changed

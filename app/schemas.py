@@ -44,6 +44,10 @@ class Summary(BaseModel):
     blast_fraction_in_distribution: float | None = Field(
         description="Blast share among images not flagged out of distribution (None: none)."
     )
+    blast_fraction_ci95: tuple[float, float] | None = Field(
+        default=None,
+        description="Wilson 95% interval of the blast share among in-distribution images.",
+    )
 
 
 _RESULT_EXAMPLE: dict[str, Any] = {
@@ -146,8 +150,45 @@ class ModelInfo(BaseModel):
         "(LEUK_EXACT_BATCHING=true; bit-identical to a single-image call); null: not loaded."
     )
     input_checks: str
+    digest: str | None = Field(
+        default=None, description="sha256 over the version's file hashes (ModelCard.digest)."
+    )
+    explain: dict[str, Any] | None = Field(
+        default=None, description="The card's 'explain' signature, null when it has none."
+    )
 
 
 class ModelList(BaseModel):
     default_model: str | None
     models: dict[str, Any]
+
+
+class Heatmap(BaseModel):
+    method: str = Field(description="'grad-cam' (see training/explain.py).")
+    target_label: str = Field(description="The label the map explains: the predicted one.")
+    png_base64: str = Field(description="PNG: the image with the map blended over it.")
+    grid: list[list[float]] = Field(
+        description="The map averaged to grid_size x grid_size cells over the whole image, "
+        "scaled so its maximum is 1 (all zeros: no spatial evidence)."
+    )
+    grid_size: int
+    heat_on_cell: float | None = Field(
+        description="Share of the map's mass on non-black (cell) pixels; null with no mass."
+    )
+    spatial_evidence: float = Field(
+        description="Mass of the map for the predicted label over the map's total absolute "
+        "mass: near 0 when the convolutional features argue for the other label and the "
+        "decision comes from whole-cell descriptors (size, colour)."
+    )
+
+
+class ExplainedResult(ImageResult):
+    heatmap: Heatmap
+
+
+class ExplainResponse(BaseModel):
+    request_id: str
+    model: str
+    version: int
+    digest: str
+    results: list[ExplainedResult]

@@ -26,7 +26,8 @@ from app.keys import ApiKey, Role, allows
 
 DOCS_PATH = "/docs"
 DOCS_ASSETS = "/docs/assets"
-# The Open Inference Protocol's probes are the same kind of probe, for KServe-style platforms.
+# The Open Inference Protocol's probes are the same kind of probe, for KServe-style platforms;
+# the review page (/, /ui) and its files hold no data (its API calls need a key).
 OPEN_PATHS = frozenset(
     {
         "/health/live",
@@ -35,8 +36,12 @@ OPEN_PATHS = frozenset(
         "/v2/health/ready",
         DOCS_PATH,
         "/openapi.json",
+        "/",
+        "/ui",
+        "/ui/",
     }
 )
+OPEN_PREFIXES = (DOCS_ASSETS + "/", "/ui/static/")
 # HTTP's optional whitespace around a header value (RFC 9110 5.6.3).
 _OWS = b" \t"
 
@@ -79,7 +84,7 @@ def require_role(needed: Role) -> Callable[[Request], Awaitable[None]]:
 
 
 def is_open(path: str) -> bool:
-    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class ApiKeyMiddleware:

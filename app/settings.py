@@ -224,6 +224,15 @@ class Settings(BaseSettings):
         "docker-compose.yml gives 30 s).",
     )
 
+    # --- explanations --------------------------------------------------------------------
+    explain_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Explanation requests running at once, in their own threads (never in "
+        "the classification batcher). A request beyond this gets 503 explain_busy.",
+    )
+
     @model_validator(mode="after")
     def _queue_holds_a_full_request(self) -> Settings:
         if self.max_queue < self.max_files:

@@ -16,6 +16,7 @@ only passes them through.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -113,6 +114,26 @@ class CardTraining(_Group):
     command: str
 
 
+class CardExplain(_Group):
+    """The optional ``explain`` signature: class-activation maps from the same weights.
+
+    It takes the same input as ``serving_default`` and returns ``probabilities`` and
+    ``class_activation`` ([N, H, W] float32 in the input image's pixel frame, signed: positive
+    values support the positive label, negative ones the other; the map for the predicted
+    class is the positive part of +map or -map). A version written to add it to an older one
+    names that version and its digest (sha256 over the older card's sorted
+    ``path<TAB>sha256<LF>`` file lines) and the largest probability difference measured
+    between the two ``serving_default`` signatures.
+    """
+
+    signature: str = "explain"
+    output_name: str = "class_activation"
+    method: Literal["grad-cam"] = "grad-cam"
+    extends_version: int | None = Field(default=None, ge=1)
+    extends_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    max_probability_difference: float | None = Field(default=None, ge=0.0)
+
+
 class CardFramework(_Group):
     tensorflow: str
     keras: str
@@ -141,6 +162,7 @@ class ModelCard(_Group):
     training: CardTraining
     framework: CardFramework
     files: dict[str, str] = Field(min_length=1, description="sha256 of every SavedModel file")
+    explain: CardExplain | None = None
 
     @model_validator(mode="after")
     def _labels_agree(self) -> ModelCard:
@@ -156,6 +178,13 @@ class ModelCard(_Group):
     @property
     def positive_index(self) -> int:
         return self.labels.index(self.positive_label)
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the sorted ``path<TAB>sha256<LF>`` lines of ``files``: one string that
+        names the version's exact SavedModel files."""
+        lines = "".join(f"{path}\t{sha}\n" for path, sha in sorted(self.files.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
 
     def to_json(self) -> str:
         """The file's text: two-space indent, declaration order, trailing newline."""

@@ -147,18 +147,24 @@ def export_version(
     crop_fraction: float,
     make_card: Callable[[int, dict[str, str]], ModelCard],
     extra_files: dict[str, Path] | None = None,
+    module: CellClassifier | None = None,
 ) -> Path:
     """Write ``model_dir/<next integer>/`` via a temporary folder and ``os.rename``.
 
     ``make_card(version, file_hashes)`` returns the card. On any failure the temporary folder
-    is removed and no integer folder appears.
+    is removed and no integer folder appears. ``module`` replaces the plain
+    :class:`CellClassifier`; its ``explain`` function, if it has one, is saved as the
+    ``explain`` signature.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{secrets.token_hex(4)}"
     try:
-        module = CellClassifier(model, input_size, crop_fraction)
-        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+        module = module or CellClassifier(model, input_size, crop_fraction)
+        signatures = {"serving_default": module.serve}
+        if hasattr(module, "explain"):
+            signatures["explain"] = module.explain
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
         files = sha256_files(tmp)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)

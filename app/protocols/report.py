@@ -70,7 +70,6 @@ class ModelIdentity:
     @classmethod
     def of(cls, loaded: LoadedVersion) -> ModelIdentity:
         card = loaded.card
-        descriptions = (card.model_extra or {}).get("label_descriptions", {})
         return cls(
             name=loaded.name,
             version=loaded.version,
@@ -80,10 +79,7 @@ class ModelIdentity:
             positive_label=card.positive_label,
             threshold=card.threshold,
             label_descriptions={
-                label: str(descriptions.get(label, label))
-                if isinstance(descriptions, dict)
-                else label
-                for label in card.labels
+                label: card.label_descriptions.get(label, label) for label in card.labels
             },
         )
 

@@ -1,0 +1,94 @@
+"""Explain routes: classification plus a Grad-CAM heatmap per image (app/explain.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from app.api.deps import DataPlaneDep, RequestIdDep, SettingsDep
+from app.api.routes import _CLASSIFY_BODY, _CLASSIFY_ERRORS, _unless_client_leaves, _version
+from app.errors import ExplainBusy, ExplainUnsupported, openapi_errors
+from app.explain import Explainer
+from app.schemas import ExplainResponse
+from app.uploads import read_images
+
+explain = APIRouter(tags=["explain"])
+
+
+def get_explainer(request: Request) -> Explainer:
+    explainer: Explainer = request.app.state.explainer
+    return explainer
+
+
+ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
+
+_DOC = dict(
+    response_model=ExplainResponse,
+    responses={**_CLASSIFY_ERRORS, **openapi_errors(ExplainUnsupported, ExplainBusy)},
+    openapi_extra=_CLASSIFY_BODY,
+)
+
+
+async def _explain(
+    request: Request,
+    explainer: Explainer,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: str,
+    name: str | None,
+    version: int | None,
+) -> ExplainResponse:
+    model = await dataplane.resolve(name, version)
+    if model.card.explain is None:  # before reading the body, like an unknown model
+        raise ExplainUnsupported(f"{model.name} version {model.version} has no explanations.")
+    payloads = await read_images(
+        request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
+    )
+    request.state.n_images = len(payloads)
+    return await _unless_client_leaves(  # type: ignore[return-value]
+        request,
+        lambda: explainer.explain(model, payloads, request_id),  # type: ignore[arg-type,return-value]
+    )
+
+
+@explain.post("/v1/explain", summary="Classify and explain with the default model", **_DOC)  # type: ignore[arg-type]
+async def explain_default(
+    request: Request,
+    explainer: ExplainerDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ExplainResponse:
+    return await _explain(request, explainer, dataplane, settings, request_id, None, None)
+
+
+@explain.post("/v1/models/{name}/explain", summary="Explain with a named model", **_DOC)  # type: ignore[arg-type]
+async def explain_model(
+    name: str,
+    request: Request,
+    explainer: ExplainerDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ExplainResponse:
+    return await _explain(request, explainer, dataplane, settings, request_id, name, None)
+
+
+@explain.post(
+    "/v1/models/{name}/versions/{version}/explain",
+    summary="Explain with one model version",
+    **_DOC,  # type: ignore[arg-type]
+)
+async def explain_version(
+    name: str,
+    version: str,
+    request: Request,
+    explainer: ExplainerDep,
+    dataplane: DataPlaneDep,
+    settings: SettingsDep,
+    request_id: RequestIdDep,
+) -> ExplainResponse:
+    return await _explain(
+        request, explainer, dataplane, settings, request_id, name, _version(version)
+    )
