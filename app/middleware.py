@@ -10,12 +10,14 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.audit.trail import ANONYMOUS
 from app.context import reset_request_id, set_request_id
 from app.errors import ServiceError, ShuttingDown, error_response
 from app.log import get_logger
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+AUDITED_ACTIONS = frozenset({"classify", "explain", "infer"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _log = get_logger("access")
 
@@ -95,6 +97,14 @@ class RequestContextMiddleware:
                 },
             )
             audit = state.get("audit")  # classify routes: record a rejected request too
+            if audit is None and status == 401 and _is_classify(method, scope["path"]):
+                # Refused before any route ran (no key): recorded as an anonymous caller.
+                audit = scope["app"].state.audit.begin(request_id, scope["path"], ANONYMOUS, None)
             if audit is not None:
                 await audit.record_outcome(status, state.get("error_code"), seconds)
             reset_request_id(token)
+
+
+def _is_classify(method: str, path: str) -> bool:
+    """The audited operations (classify, explain, OIP infer), by their URL alone."""
+    return method == "POST" and path.rstrip("/").rsplit("/", 1)[-1] in AUDITED_ACTIONS

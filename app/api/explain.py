@@ -8,12 +8,19 @@ from fastapi import APIRouter, Depends, Request
 
 from app.api.deps import DataPlaneDep, RequestIdDep, SettingsDep
 from app.api.routes import _CLASSIFY_BODY, _CLASSIFY_ERRORS, _unless_client_leaves, _version
+from app.audit.api import audit_draft, begin_audit
 from app.errors import ExplainBusy, ExplainUnsupported, openapi_errors
 from app.explain import Explainer
+from app.keys import Role
 from app.schemas import ExplainResponse
+from app.security import require_role
 from app.uploads import read_images
 
-explain = APIRouter(tags=["explain"])
+# Explanations classify too: audited like every classify route, and need a classify key.
+explain = APIRouter(
+    tags=["explain"],
+    dependencies=[Depends(begin_audit), Depends(require_role(Role.classify))],
+)
 
 
 def get_explainer(request: Request) -> Explainer:
@@ -39,17 +46,20 @@ async def _explain(
     name: str | None,
     version: int | None,
 ) -> ExplainResponse:
-    model = await dataplane.resolve(name, version)
+    audit = audit_draft(request)
+    model = audit.model = await dataplane.resolve(name, version)
     if model.card.explain is None:  # before reading the body, like an unknown model
         raise ExplainUnsupported(f"{model.name} version {model.version} has no explanations.")
-    payloads = await read_images(
+    payloads = audit.payloads = await read_images(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
     )
     request.state.n_images = len(payloads)
-    return await _unless_client_leaves(  # type: ignore[return-value]
+    result: ExplainResponse = await _unless_client_leaves(  # type: ignore[assignment]
         request,
         lambda: explainer.explain(model, payloads, request_id),  # type: ignore[arg-type,return-value]
     )
+    await audit.record_result(result)  # fail-closed: no record, no result
+    return result
 
 
 @explain.post("/v1/explain", summary="Classify and explain with the default model", **_DOC)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from app.errors import AuditUnavailable
 from app.imaging import DecodedImage
 from app.log import get_logger
 from app.registry import LoadedVersion
-from app.schemas import ClassifyResponse
+from app.schemas import ClassifyResponse, ExplainResponse
 from app.settings import Settings
 
 _log = get_logger("audit")
@@ -183,7 +183,7 @@ class AuditDraft:
         if self.trail is not None and self.payloads is not None:
             self.digests = [hashlib.sha256(payload).hexdigest() for payload in self.payloads]
 
-    async def record_result(self, response: ClassifyResponse) -> None:
+    async def record_result(self, response: ClassifyResponse | ExplainResponse) -> None:
         """Record a classified request before its result goes out (the failure policy)."""
         if self.trail is None or self.done:
             return
@@ -212,7 +212,7 @@ class AuditDraft:
         status: int,
         error_code: str | None,
         seconds: float,
-        response: ClassifyResponse | None,
+        response: ClassifyResponse | ExplainResponse | None,
     ) -> list[dict[str, Any]]:
         now = utc_timestamp()
         model = self.model

@@ -283,3 +283,22 @@ async def test_audit_filters_refuse_what_the_schema_refuses(
         assert "pattern" in sample["schema"] or any(
             "pattern" in option for option in sample["schema"].get("anyOf", [])
         )
+
+
+async def test_requests_refused_for_no_key_and_explanations_are_recorded(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Every classifying route is audited: a request refused before routing (no key) is
+    recorded as an anonymous caller, and /v1/explain like classify (here refused: the tiny
+    test model has no explain signature)."""
+    async with serve(make_settings(api_keys=KEYS)) as client:
+        image = {"content-type": "image/png"}
+        no_key = await client.post("/v1/classify", content=PNG, headers=image)
+        assert_error(no_key, 401, "unauthorized")
+        explain = await client.post("/v1/explain", content=PNG, headers={**LAB, **image})
+        assert explain.status_code == 409
+        records = await audit_records(client, kind="request")
+    assert [(r["caller"], r["route"], r["status"], r["error_code"]) for r in records] == [
+        ("anonymous", "/v1/classify", 401, "unauthorized"),
+        ("lab-a", "/v1/explain", 409, "explain_unsupported"),
+    ]
