@@ -13,15 +13,20 @@ own settings:
   overridden, to 127.0.0.1 and a free port, because the container shares the host network;
 - volumes: an emptyDir becomes a tmpfs of its sizeLimit, the model-store claim a read-only
   bind of the committed model_store/, the API-key Secret a read-only bind of a file holding
-  a generated key (mode defaultMode, group fsGroup). Any other kind of volume fails the test.
+  a generated key (mode defaultMode, group fsGroup). Any other kind of volume fails the test;
+- the audit database: this runs one replica, so instead of the Secret's shared PostgreSQL
+  URL (there is no database here) the audit trail uses its SQLite file in LEUK_DATA_DIR set
+  to a tmpfs, as an in-memory emptyDir would be (the root stays read-only). One
+  pod on SQLite is what the manifests' shared-audit rule allows; any other Secret-sourced
+  variable fails the test.
 
 Checks (any failure exits non-zero): the startup probe answers within its
 periodSeconds x failureThreshold, then the readiness and liveness probes; uid and read-only
 root inside; a request without the key gets 401 in the service's error shape and a real
-C-NMC BMP with it is classified; a short load (peak RSS recorded, against the memory limit);
-then termination as the kubelet does it: preStop sleep while requests keep arriving, SIGTERM,
-and every request started before SIGTERM answered 200, exit code 0, all within
-terminationGracePeriodSeconds.
+C-NMC BMP with it is classified and its audit records written; a short load (peak RSS
+recorded, against the memory limit); then termination as the kubelet does it: preStop sleep
+while requests keep arriving, SIGTERM, and every request started before SIGTERM answered
+200, exit code 0, all within terminationGracePeriodSeconds.
 """
 
 from __future__ import annotations
@@ -55,8 +60,23 @@ from scripts.container_smoke_test import (
     report,
     request,
 )
-from scripts.k8s_manifests import REPO, Manifest, container_environment, only, port_number, render
+from scripts.k8s_manifests import (
+    AUDIT_URL,
+    REPO,
+    Manifest,
+    audit_database_problems,
+    container_environment,
+    only,
+    port_number,
+    render,
+    secret_environment,
+)
 
+# Where this test puts the audit trail's SQLite file. Not the image's LEUK_DATA_DIR
+# (/srv/data): it is a VOLUME in the Dockerfile, and Docker 20.10 mounts a tmpfs there as
+# root-owned 0755 whatever its mode option says, which uid 10001 cannot write.
+AUDIT_DATA_DIR = "/srv/audit-data"
+AUDIT_TMPFS_BYTES = 64 * 2**20
 MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
 
 
@@ -167,6 +187,14 @@ def docker_run(
     numbers["env_overridden"] = {name: environment.get(name) for name in overrides}
     environment.update(overrides)
     api_key = secrets.token_urlsafe(24)
+    from_secrets = secret_environment(container)
+    check(set(from_secrets) <= {AUDIT_URL}, f"Secret variables not translated: {from_secrets}")
+    audit_flags: list[str] = []
+    if AUDIT_URL in from_secrets:
+        # One replica, no database here: the audit trail on SQLite in a writable data dir.
+        data_dir = environment["LEUK_DATA_DIR"] = AUDIT_DATA_DIR
+        audit_flags = ["--tmpfs", f"{data_dir}:rw,size={AUDIT_TMPFS_BYTES},mode=1777"]
+        numbers["audit_database"] = f"sqlite under {data_dir} (tmpfs) instead of the Secret's URL"
     flags = [
         "--network=host",
         "--stop-timeout",
@@ -174,6 +202,7 @@ def docker_run(
         *security_flags(pod, container),
         *resource_flags(container),
         *volume_flags(pod, container, model_store, api_key, root),
+        *audit_flags,
         *(arg for name, value in environment.items() for arg in ("--env", f"{name}={value}")),
     ]
     return DockerRun(flags, environment, api_key, port, declared_port)
@@ -238,7 +267,15 @@ def inside_checks(name: str, pod: Manifest) -> None:
     report(f"uid {uid}; root filesystem read-only, /tmp (emptyDir) writable")
 
 
-def classify_with_key(run: DockerRun, numbers: dict[str, Any]) -> None:
+def audit_records(name: str, run: DockerRun) -> int:
+    """Rows in the SQLite audit trail."""
+    path = Path(run.environment["LEUK_DATA_DIR"]) / "audit.sqlite3"
+    query = "select count(*) from audit_record"
+    code = f"import sqlite3; print(sqlite3.connect({str(path)!r}).execute({query!r}).fetchone()[0])"
+    return int(docker("exec", name, "python", "-c", code))
+
+
+def classify_with_key(name: str, run: DockerRun, numbers: dict[str, Any]) -> None:
     bmp = BMP.read_bytes()
     anonymous = request(run.port, "/v1/classify", bmp, "image/bmp")
     check(anonymous.status == 401, f"without a key: HTTP {anonymous.status}, expected 401")
@@ -248,6 +285,9 @@ def classify_with_key(run: DockerRun, numbers: dict[str, Any]) -> None:
     result = keyed.json()["results"][0]
     check_classification(result)
     numbers["bmp_label"] = result["label"]
+    numbers["audit_records"] = audit_records(name, run)
+    # Committed before its response: the classified request's record and its image's.
+    check(numbers["audit_records"] >= 2, f"audit records: {numbers['audit_records']}, not 2")
     report(
         f"no key: 401 {anonymous.json()['error']['code']}; with the Secret's key: "
         f"{BMP.name} label={result['label']} P(all)={result['blast_probability']:.3f}"
@@ -373,6 +413,8 @@ def terminate_like_the_kubelet(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     documents = render(args.overlay)
+    problems = audit_database_problems(documents)
+    check(not problems, f"the manifests break the shared-audit rule: {problems}")
     pod = only(documents, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     image = args.image or container["image"]
@@ -387,7 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             probe_checks(name, container, spec, numbers)
             inside_checks(name, pod)
-            classify_with_key(spec, numbers)
+            classify_with_key(name, spec, numbers)
             load_checks(name, spec, container, numbers)
             terminate_like_the_kubelet(name, spec, pod, container, numbers)
         except SmokeTestFailure:
