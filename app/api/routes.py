@@ -139,8 +139,15 @@ async def live() -> Live:
     summary="Readiness: the default model is loaded, verified and warm",
     responses=openapi_errors(NotReady),
 )
-async def ready(dataplane: DataPlaneDep) -> Ready:
+def ready(dataplane: DataPlaneDep, request: Request) -> Ready:
+    """Plain ``def`` (thread pool): a failing audit store is re-checked here, a blocking call.
+    Under the fail-closed policy a process that cannot record answers cannot serve them, so
+    it is not ready: a load balancer sends the work to a replica that can."""
     loaded = dataplane.lifecycle.served_default()
+    trail = get_audit_trail(request)
+    audit = trail.health()
+    if trail.blocks_classify(audit):
+        raise NotReady(f"The audit trail cannot be written ({audit.last_error}).")
     return Ready(model=loaded.name, version=loaded.version)
 
 

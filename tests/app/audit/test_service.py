@@ -205,21 +205,24 @@ async def test_read_only_sqlite(
                 "/v1/classify", content=PNG, headers={**AS_PNG, "x-request-id": "lost"}
             )
             health = await client.get("/health")
+            ready = await client.get("/health/ready")
             metrics = (await client.get("/metrics")).text
         if policy == "fail_closed":
             assert_error(response, 503, "audit_unavailable")
             assert "results" not in response.text
             assert health.status_code == 503
+            assert_error(ready, 503, "not_ready")  # a load balancer sends work elsewhere
             assert metric_value(metrics, "leuk_audit_records_lost_total", outcome="refused") == 1
         else:
             assert response.status_code == 200 and response.json()["results"]
-            assert health.status_code == 200
+            assert health.status_code == 200 and ready.status_code == 200
             assert metric_value(metrics, "leuk_audit_records_lost_total", outcome="served") == 1
         assert health.json()["audit"]["state"] == "failing"
         assert metric_value(metrics, "leuk_audit_write_failures_total") >= 1
         # Writable again: the next request is recorded and health recovers.
         assert (await client.post("/v1/classify", content=PNG, headers=AS_PNG)).status_code == 200
         assert (await client.get("/health")).json()["audit"]["state"] == "ok"
+        assert (await client.get("/health/ready")).status_code == 200
         recorded = await audit_records(client, kind="request")
     assert "lost" not in [r["request_id"] for r in recorded if r["status"] == 200]
     store = AuditStore(make_settings().audit_url())
