@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,8 +11,8 @@ import pytest
 from app.errors import DecodeMemoryBusy, RequestTooLargeDecoded
 from app.memory import DecodeBudget
 from app.settings import Settings
-from tests.app.conftest import REPO
 from tests.app.images import cell_like, encode
+from tests.app.live_service import running_process
 
 # Peak RSS the largest requests the default limits allow may add to a ready server (README,
 # "Memory bounds"): measured 192-355 MB with the tiny test model; without the limits, the
@@ -75,48 +71,18 @@ def _rss_mb(pid: int, field: str) -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_largest_allowed_request_keeps_peak_rss_bounded(tiny_store: Path) -> None:
-    from tests.app.test_logging_and_process import _free_port
-
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LEUK_MODEL_STORE": str(tiny_store),
-        "LEUK_PORT": str(port),
-        "LEUK_WARMUP_BATCH_SIZES": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
     requests = _largest_request_images()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     growth: dict[str, float] = {}
-    try:
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
-            while True:
-                assert process.poll() is None, "server exited"
-                try:
-                    if http.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in time"
-                time.sleep(0.1)
-            ready_rss = _rss_mb(process.pid, "VmRSS")
-            for name, images in requests:
-                files = [
-                    ("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)
-                ]
-                response = http.post("/v1/classify", files=files)
-                assert response.status_code == 200, response.text
-                growth[name] = _rss_mb(process.pid, "VmHWM") - ready_rss
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+    with (
+        running_process(tiny_store) as (url, process),
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
+        ready_rss = _rss_mb(process.pid, "VmRSS")
+        for name, images in requests:
+            files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+            response = http.post("/v1/classify", files=files)
+            assert response.status_code == 200, response.text
+            growth[name] = _rss_mb(process.pid, "VmHWM") - ready_rss
     # Peak RSS over the ready server's RSS, after each request in turn (cumulative peak).
     print("peak RSS growth (MB):", {k: round(v) for k, v in growth.items()})
     assert max(growth.values()) < RSS_BOUND_MB, growth

@@ -13,11 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,61 +21,23 @@ import httpx
 import pytest
 
 from tests.app.conftest import CNMC_BMP, CNMC_PNGS, COMMITTED_STORE, OOD_JPEGS, REPO
+from tests.app.live_service import HAS_CHROMIUM, chromium_driver, running_service
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 API_KEY = "review-page-test-key"
 DEADLINE_S = 180  # generous: a busy 2-core machine
 SCREENSHOT = os.environ.get("REVIEW_SCREENSHOT")  # set to docs/review-page.png to refresh it
 
 pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    not HAS_CHROMIUM,
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
     "chromium-driver; .ci/run installs them)",
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def service_url() -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LEUK_MODEL_STORE": str(COMMITTED_STORE),
-        "LEUK_PORT": str(port),
-        "LEUK_API_KEYS": API_KEY,
-        "LEUK_WARMUP_BATCH_SIZES": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        with httpx.Client(base_url=url, timeout=10) as http:
-            while True:
-                assert process.poll() is None, "server exited"
-                try:
-                    if http.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in time"
-                time.sleep(0.2)
+    with running_service(COMMITTED_STORE, LEUK_API_KEYS=API_KEY) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -101,32 +58,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    profile = tempfile.mkdtemp(prefix="leuk-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        driver.set_page_load_timeout(DEADLINE_S)
+    pytest.importorskip("selenium.webdriver")
+    with chromium_driver("1280,1000", DEADLINE_S) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _api_answer(url: str, paths: list[Path]) -> list[dict[str, Any]]:
