@@ -138,7 +138,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost
+    app.add_middleware(  # outermost
+        RequestContextMiddleware,
+        metrics=metrics,
+        drain_limit=settings.max_upload_bytes,
+        drain_timeout=settings.body_timeout_seconds,
+    )
     return app
 
 

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 
+import anyio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +18,9 @@ from app.log import get_logger
 from app.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Errors after which reading the rest of the body is pointless (it never comes, or it is
+# larger than the service takes: the connection closes instead).
+_BODY_NEVER_COMES = frozenset({"body_timeout", "client_closed", "payload_too_large"})
 AUDITED_ACTIONS = frozenset({"classify", "explain", "infer"})
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _log = get_logger("access")
@@ -34,9 +38,17 @@ def request_id_from(scope: Scope) -> tuple[str, bool]:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, drain_limit: int = 0, drain_timeout: float = 5.0
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        # An answer that starts before the body was read (401, 404 for an unknown model,
+        # 409): the rest of the body is read and dropped first, up to this many bytes, so
+        # the client gets the answer. Otherwise h11 closes a connection the client is still
+        # writing to, and the client sees a broken pipe instead of the JSON error.
+        self.drain_limit = drain_limit
+        self.drain_timeout = drain_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,16 +61,27 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status = 500
 
+        body_read = False
+
+        async def receive_tracked() -> Message:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body_read = True
+            return message
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
+                if not body_read and state.get("error_code") not in _BODY_NEVER_COMES:
+                    await self._drain(receive_tracked)
                 status = message["status"]
                 state["response_started"] = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_tracked, send_with_id)
         except asyncio.CancelledError:
             # The server cancels requests still running when the shutdown grace period ends
             # (a disconnected client cancels only its own work: routes._unless_client_leaves).
@@ -103,6 +126,18 @@ class RequestContextMiddleware:
             if audit is not None:
                 await audit.record_outcome(status, state.get("error_code"), seconds)
             reset_request_id(token)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop what is left of the body, at most ``drain_limit`` bytes."""
+        received = 0
+        with anyio.move_on_after(self.drain_timeout):
+            while received <= self.drain_limit:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 def _is_classify(method: str, path: str) -> bool:

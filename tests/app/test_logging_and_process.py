@@ -368,3 +368,28 @@ def test_sigterm_under_load_loses_no_accepted_request(tiny_store: Path, tmp_path
     assert {r["status"] for r in classify} <= {200, 503}
     assert sum(r["status"] == 200 for r in classify) == sum(k == "200" for k, _, _ in outcomes)
     assert not [r for r in records if r.get("exception")]
+
+
+def test_an_early_answer_reaches_a_client_still_sending_its_body(tiny_store: Path) -> None:
+    """401 (no key), 404 (unknown model) and 409 are answered before the upload is read; the
+    service then reads and drops the rest, so a client writing a large body gets the JSON
+    error, not a broken pipe (as a plain urllib client did before)."""
+    import urllib.error
+    import urllib.request
+
+    from tests.app.live_service import running_service
+
+    body = b"\0" * 4_000_000  # larger than the socket buffers on both sides
+    with running_service(tiny_store, LEUK_API_KEYS="early-key") as url:
+        for path, headers, status, code in (
+            ("/v1/classify", {}, 401, "unauthorized"),
+            ("/v1/models/nope/classify", {"X-API-Key": "early-key"}, 404, "model_not_found"),
+        ):
+            request = urllib.request.Request(
+                url + path, data=body, method="POST",
+                headers={"Content-Type": "image/png", **headers},
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                urllib.request.urlopen(request, timeout=60)
+            assert answer.value.code == status
+            assert json.loads(answer.value.read())["error"]["code"] == code
