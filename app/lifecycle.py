@@ -67,7 +67,9 @@ class Lifecycle:
 
     @property
     def ready(self) -> bool:
-        return self.status()[0] in (State.READY, State.DEGRADED)
+        """Serving (ready or degraded). Cheap: no store scan, unlike ``status`` (its reason
+        needs one), so event-loop probes and metrics can ask it."""
+        return self._served() is not None
 
     def served_default(self) -> LoadedVersion:
         """The loaded default model, or NotReady with the reason."""
