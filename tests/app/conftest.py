@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import shutil
 import time
@@ -15,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.log import capture_python_warnings
+from app.log import LOGGER_NAME, JsonFormatter, capture_python_warnings
 from app.main import create_app
 from app.settings import Settings
 from tests.app.tiny_model import export_tiny_model
@@ -125,3 +127,15 @@ def make_settings(tiny_store: Path) -> Callable[..., Settings]:
 async def client(make_settings: Callable[..., Settings]) -> AsyncIterator[httpx.AsyncClient]:
     async with serve(make_settings()) as c:
         yield c
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Everything the service logs during the test, as written (JSON lines)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)

@@ -29,6 +29,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_ready(process: subprocess.Popen[bytes], url: str) -> None:
+    """Until /health/ready answers 200; fails if the process exits or the deadline passes."""
+    deadline = time.monotonic() + READY_DEADLINE_S
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while True:
+            assert process.poll() is None, "server exited"
+            try:
+                if http.get("/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.1)
+
+
 @contextmanager
 def running_process(model_store: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Base URL and process of the service once /health/ready answers 200; stopped (SIGTERM)
@@ -50,17 +65,7 @@ def running_process(model_store: Path, **env: str) -> Iterator[tuple[str, subpro
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_DEADLINE_S
-        with httpx.Client(base_url=url, timeout=10) as http:
-            while True:
-                assert process.poll() is None, "server exited"
-                try:
-                    if http.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in time"
-                time.sleep(0.1)
+        wait_ready(process, url)
         yield url, process
     finally:
         process.terminate()

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -22,7 +21,6 @@ import pytest
 from fastapi import FastAPI
 from numpy.typing import NDArray
 
-from app.log import LOGGER_NAME, JsonFormatter
 from app.settings import Settings
 from tests.app.conftest import CNMC_PNGS, serve
 
@@ -46,17 +44,6 @@ class GatedRuntime:
         self.first_call.set()
         assert self.release.wait(60), "test never released the model"
         return self.inner.predict(images)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def access_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 def access_entries(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -134,7 +121,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None
 
 
 async def test_images_of_a_client_that_left_are_never_run(
-    make_settings: Callable[..., Settings], access_log: io.StringIO
+    make_settings: Callable[..., Settings], log_stream: io.StringIO
 ) -> None:
     settings = make_settings(inference_workers=1, max_batch_wait_ms=0)
     async with serve(settings) as client:
@@ -166,7 +153,7 @@ async def test_images_of_a_client_that_left_are_never_run(
         assert gated.images_run == 2  # the first request and the last: none of the 3 queued
         assert batcher.queue_depth() == 0
     assert leaver.status == 499
-    (entry,) = [e for e in access_entries(access_log) if e["status"] == 499]
+    (entry,) = [e for e in access_entries(log_stream) if e["status"] == 499]
     assert entry["outcome"] == "client_closed" and entry["n_images"] == 3
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import signal
 import socket
@@ -12,33 +11,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 
-from app.log import LOGGER_NAME, MAX_WARNING_LOG_LINES, JsonFormatter
+from app.log import MAX_WARNING_LOG_LINES
 from app.server import LimitedH11Protocol
 from app.settings import Settings
 from contract.imaging import MAX_NOTES
 from tests.app.conftest import CNMC_PNGS, REPO, serve
 from tests.app.images import cell_like, encode, exif_with_entries, with_damaged_exif
+from tests.app.live_service import wait_ready
 
 PNG = CNMC_PNGS[0].read_bytes()
-
-
-@pytest.fixture
-def log_stream() -> Iterator[io.StringIO]:
-    """Everything the service logs during the test, as written (JSON lines)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.addHandler(handler)
-    yield stream
-    logger.removeHandler(handler)
 
 
 @pytest.mark.anyio
@@ -142,17 +130,8 @@ def test_python_m_app_serves_on_localhost(tiny_store: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120
+        _wait_ready(process, port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            while True:
-                assert process.poll() is None, "server exited"
-                try:
-                    if http.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in time"
-                time.sleep(0.1)
             response = http.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
             assert response.status_code == 200
             assert response.json()["model"] == "tiny"
@@ -217,17 +196,7 @@ def _start_server(store: Path, port: int, log: IO[bytes], **env: str) -> subproc
 
 
 def _wait_ready(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        while True:
-            assert process.poll() is None, "server exited"
-            try:
-                if http.get("/health/ready").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not ready in time"
-            time.sleep(0.1)
+    wait_ready(process, f"http://127.0.0.1:{port}")
 
 
 def _json_records(stderr: bytes) -> list[dict[str, object]]:
