@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="measured serving CPU ms/image of each (enables the 'level and cheaper' rule)",
     )
     prot.add_argument("--out", type=Path, required=True)
+    prot.add_argument(
+        "--runs-dir", type=Path, default=None,
+        help="cache of recipes' out-of-fold scores and fold models, shared between "
+        "comparisons (default: <out>/runs)",
+    )  # fmt: skip
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             n_boot=args.bootstrap,
             serving_ms=tuple(args.serving_ms) if args.serving_ms else None,
+            runs_dir=args.runs_dir,
         )
         return 0
     if args.command == "throughput":

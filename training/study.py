@@ -47,9 +47,18 @@ def config_digest(config: TrainConfig, n_folds: int, repeats: int, seed: int, ma
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fit_score_for(config: TrainConfig, images: CachedImages, cost: dict[str, float]) -> FitScore:
+def fit_score_for(
+    config: TrainConfig,
+    images: CachedImages,
+    cost: dict[str, float],
+    models_dir: Path | None = None,
+) -> FitScore:
     """Train ``config`` on the training subjects (validation subjects picked among them, as
-    in every run), score the test cells; ``cost`` accumulates training and scoring times."""
+    in every run), score the test cells; ``cost`` accumulates training and scoring times.
+    With ``models_dir``, each fold model (before test-time views are wrapped around it) is
+    saved as ``fold-seed<seed>.keras``, with its threshold and test subjects beside it, so
+    calibration, the out-of-distribution check and an ensemble can be built from the very
+    models whose out-of-fold scores the protocol measured."""
     from training.pipeline import run_split
 
     table = subject_table(images.subjects, images.labels)
@@ -71,6 +80,22 @@ def fit_score_for(config: TrainConfig, images: CachedImages, cost: dict[str, flo
         split.check_disjoint()
         started = time.perf_counter()
         outcome = run_split(replace(config, seed=seed), images, split)
+        if models_dir is not None:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            raw = getattr(outcome.result.model, "inner", outcome.result.model)
+            raw.save(models_dir / f"fold-seed{seed}.keras")
+            (models_dir / f"fold-seed{seed}.json").write_text(
+                json.dumps(
+                    {
+                        "threshold": float(outcome.threshold),
+                        "train": list(split.train),
+                        "validation": list(split.validation),
+                        "test": list(split.test),
+                        "selected_epoch": outcome.result.selected_epoch,
+                    },
+                    indent=1,
+                )
+            )
         cost["fits"] = cost.get("fits", 0) + 1
         cost["train_seconds"] = cost.get("train_seconds", 0.0) + outcome.result.seconds
         cost["seconds_per_epoch_sum"] = (
@@ -89,16 +114,17 @@ def run_or_reuse(
     cells: Cells,
     folds: np.ndarray,
     seed: int,
-    out: Path,
+    runs_dir: Path,
 ) -> RecipeRun:
     digest = config_digest(config, int(folds.max()) + 1, len(folds), seed, images.manifest_sha256)
-    cached = out / "runs" / f"{digest}.npz"
+    cached = runs_dir / f"{digest}.npz"
     if cached.is_file():
         saved = np.load(cached, allow_pickle=False)
         print(f"[protocol] {name}: reusing {cached}", flush=True)
         return RecipeRun(name, saved["scores"], saved["thresholds"], json.loads(str(saved["cost"])))
     cost: dict[str, float] = {}
-    run = run_recipe(name, fit_score_for(config, images, cost), cells, folds, seed)
+    fit_score = fit_score_for(config, images, cost, runs_dir / digest)
+    run = run_recipe(name, fit_score, cells, folds, seed)
     cost["seconds_per_epoch"] = cost.pop("seconds_per_epoch_sum") / cost["fits"]
     run.cost = cost
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +154,10 @@ def compare_recipes(
     seed: int = 0,
     n_boot: int = 1000,
     serving_ms: tuple[float, float] | None = None,
+    runs_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or reuse) both recipes on the same folds and seeds; write the report."""
+    """Run (or reuse) both recipes on the same folds and seeds; write the report. Recipes'
+    out-of-fold scores and fold models are kept in ``runs_dir`` (default ``<out>/runs``)."""
     base, challenger = read_config(base_path), read_config(challenger_path)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -144,7 +172,9 @@ def compare_recipes(
         elif not np.array_equal(cells.subjects, these.subjects):
             raise ValueError("the two recipes see different cells (data or dedupe changed)")
         assert folds is not None
-        runs.append(run_or_reuse(name, config, images, cells, folds, seed, out))
+        runs.append(
+            run_or_reuse(name, config, images, cells, folds, seed, runs_dir or out / "runs")
+        )
     assert cells is not None
     comparison = paired_comparison(cells, runs[0], runs[1], n_boot=n_boot, seed=seed)
     # Without measured serving costs, "equal and cheaper" cannot apply: pass equal costs.
