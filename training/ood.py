@@ -37,7 +37,9 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
+from contract.imaging import decode_file
 from training.models import dihedral_views
+from training.preprocess import resize_for_model
 
 FloatArray = NDArray[np.float64]
 
@@ -197,3 +199,18 @@ def cross_fitted_flag_rate(
         thresholds.append(t)
         flagged += int(np.sum(scores[here] > t))
     return flagged / len(scores), thresholds
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+def load_image_folder(root: Path, size: int, crop: float) -> tuple[NDArray[np.uint8], list[str]]:
+    """Every image under ``root``, preprocessed as the model's signature does, with its class
+    (the first subfolder's name, or the folder's own name)."""
+    pixels, classes = [], []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        rgb = decode_file(path)
+        pixels.append(np.asarray(resize_for_model(rgb[None], size, crop))[0])
+        rel = path.relative_to(root).parts
+        classes.append(rel[0] if len(rel) > 1 else root.name)
+    return np.stack(pixels), classes

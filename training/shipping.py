@@ -17,13 +17,20 @@ of the members' scaled Mahalanobis distances (training/ood.py).
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
+from numpy.typing import NDArray
 
+from training.export import IMAGES_SPEC, CellClassifier
 from training.models import dihedral_views
-from training.ood import GaussianFit, MahalanobisScore, feature_head
+from training.ood import FloatArray, GaussianFit, MahalanobisScore, MemberScores, feature_head
+from training.preprocess import resize_for_model
 
 
 @keras.saving.register_keras_serializable(package="training")
@@ -98,3 +105,140 @@ class CalibratedEnsemble(keras.Model):  # type: ignore[misc]
         """([N] calibrated P(all), [N] OOD score) from one pass through the members."""
         outputs = self._member_outputs(x)
         return self.calibrated(outputs), self.ood(outputs)
+
+
+# --- building the shipped version from a protocol run ---------------------------------------
+def logit(p: NDArray[np.floating]) -> FloatArray:
+    q = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(q) - np.log1p(-q), np.float64)
+
+
+@dataclass
+class OutOfFold:
+    """Every C-NMC cell scored by the member that never saw its subject."""
+
+    z: FloatArray  # logit(p) - logit(member threshold)
+    ood: FloatArray  # scaled Mahalanobis distance (training/ood.py)
+    fold: NDArray[np.int64]
+    members: list[MemberScores]
+
+
+def out_of_fold(members: list[MemberScores], n_cells: int) -> OutOfFold:
+    z, ood = np.full(n_cells, np.nan), np.full(n_cells, np.nan)
+    fold = np.full(n_cells, -1, dtype=np.int64)
+    for k, m in enumerate(members):
+        z[m.test_index] = logit(m.test_p) - logit(np.array(m.threshold))
+        ood[m.test_index], fold[m.test_index] = m.test_score, k
+    if np.isnan(z).any():
+        raise ValueError("the fold models do not score every cell out of fold")
+    return OutOfFold(z, ood, fold, members)
+
+
+class ShippedClassifier(CellClassifier):
+    """The exported module: calibrated probabilities and the OOD score from one pass."""
+
+    def __init__(self, model: CalibratedEnsemble, input_size: int, crop_fraction: float) -> None:
+        super().__init__(model, input_size, crop_fraction)
+
+    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)  # type: ignore[untyped-decorator]
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = resize_for_model(images, self.input_size, self.crop_fraction)
+        p_all, ood = self.model.with_ood(tf.cast(pixels, tf.float32))
+        p_all = tf.cast(p_all, tf.float32)
+        return {
+            "probabilities": tf.stack([1.0 - p_all, p_all], axis=1),
+            "ood_score": tf.cast(ood, tf.float32),
+        }
+
+
+def load_members(models_dir: Path) -> tuple[list[keras.Model], list[dict[str, Any]]]:
+    metas = [json.loads(p.read_text()) for p in sorted(models_dir.glob("fold-seed*.json"))]
+    models = [
+        keras.models.load_model(p.with_suffix(".keras"), compile=False)
+        for p in sorted(models_dir.glob("fold-seed*.json"))
+    ]
+    return models, metas
+
+
+def platt(z: FloatArray, y: NDArray[np.int64]) -> tuple[float, float]:
+    """``a, b`` of ``P = sigmoid(a * z + b)`` by maximum likelihood (unpenalised)."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def expected_calibration_error(p: FloatArray, y: NDArray[np.int64], bins: int = 15) -> float:
+    """Cell-weighted gap between mean confidence and frequency over equal-width bins."""
+    edges = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        here = edges == b
+        if here.any():
+            total += here.sum() * abs(float(p[here].mean()) - float(y[here].mean()))
+    return total / len(p)
+
+
+def cross_fitted_platt(oof: OutOfFold, y: NDArray[np.int64]) -> FloatArray:
+    """Each fold's calibrated P from a Platt fit on the *other* folds' cells."""
+    out = np.empty(len(y))
+    for k in np.unique(oof.fold):
+        here = oof.fold == k
+        a, b = platt(oof.z[~here], y[~here])
+        out[here] = 1.0 / (1.0 + np.exp(-(a * oof.z[here] + b)))
+    return out
+
+
+@dataclass
+class RunAnalysis:
+    """What the card says about calibration and the OOD check, all measured out of fold."""
+
+    a: float
+    b: float
+    ece_before: float  # members' own P(all), pooled out of fold
+    ece_after: float  # cross-fitted Platt
+    ood_threshold: float
+    ood_flag_rate: float  # cross-fitted, genuine C-NMC cells of unseen subjects
+    ood_flag_rate_by_class: dict[str, float]
+    extra: dict[str, dict[str, dict[str, float]]]
+
+
+def analyse(
+    members: list[MemberScores],
+    labels: NDArray[np.int64],
+    extra_classes: dict[str, list[str]],
+    ood_target: float,
+) -> RunAnalysis:
+    from training.ood import cross_fitted_flag_rate
+
+    oof = out_of_fold(members, len(labels))
+    p_raw = np.empty(len(labels))
+    for m in members:
+        p_raw[m.test_index] = m.test_p
+    a, b = platt(oof.z, labels)
+    after = cross_fitted_platt(oof, labels)
+    rate, _ = cross_fitted_flag_rate(oof.ood, oof.fold, ood_target)
+    threshold = float(np.quantile(oof.ood, 1.0 - ood_target))
+    extra: dict[str, dict[str, dict[str, float]]] = {}
+    for key, classes in extra_classes.items():
+        score = np.mean([m.extra_score[key] for m in members], axis=0)
+        z = np.mean([logit(m.extra_p[key]) - logit(np.array(m.threshold)) for m in members], 0)
+        flagged = score > threshold
+        extra[key] = {}
+        for name in sorted(set(classes)):
+            here = np.array([c == name for c in classes])
+            extra[key][name] = {
+                "n": int(here.sum()),
+                "flagged": round(float(np.mean(flagged[here])), 4),
+                "called_all": round(float(np.mean(z[here] > 0)), 4),
+                "called_all_not_flagged": int(np.sum((z[here] > 0) & ~flagged[here])),
+                "median_score": round(float(np.median(score[here])), 2),
+            }
+    return RunAnalysis(
+        a, b,
+        expected_calibration_error(p_raw, labels),
+        expected_calibration_error(after, labels),
+        threshold, rate,
+        {n: float(np.mean(oof.ood[labels == c] > threshold)) for c, n in ((0, "hem"), (1, "all"))},
+        extra,
+    )  # fmt: skip
