@@ -39,7 +39,10 @@ OOD_MEANING = (
     "trained and validated on (a C-NMC-style segmented single white cell on a black "
     "background, 450x450): its size is not near 450x450 (too_small, unexpected_size: the "
     "cell would be seen at a scale the model never saw), the border is not black "
-    "background, or no cell / too much foreground is visible. The label and probabilities "
+    "background, or no cell / too much foreground is visible; and, for a version whose "
+    "card has an ood_check, the model's own out-of-distribution score is above the card's "
+    "threshold (the card's reason, e.g. unfamiliar_cell: a cell unlike those it was trained "
+    "on, such as another white-cell type). The label and probabilities "
     "are still reported but are not validated for such images and must not be used as a "
     "result; summaries report them separately."
 )
@@ -220,14 +223,25 @@ class DataPlane:
         index: int, model: LoadedVersion, image: DecodedImage, row: np.ndarray
     ) -> ImageResult:
         card = model.card
-        probabilities = {label: float(p) for label, p in zip(card.labels, row, strict=True)}
+        n_labels = len(card.labels)
+        probabilities = {
+            label: float(p) for label, p in zip(card.labels, row[:n_labels], strict=True)
+        }
         positive = probabilities[card.positive_label]
         negative = next(label for label in card.labels if label != card.positive_label)
         label = card.positive_label if positive >= card.threshold else negative
         check = image.check
+        reasons = list(check.reasons)
+        ood_score = None
+        if card.ood_check is not None:
+            ood_score = float(row[n_labels])
+            # Written so that NaN flags too: a score that cannot be judged is not a pass.
+            if not ood_score <= card.ood_check.threshold:
+                reasons.append(card.ood_check.reason)
+        out_of_distribution = bool(reasons)
         warnings = list(check.warnings)
-        if check.out_of_distribution:
-            warnings.insert(0, "out_of_distribution: " + ", ".join(check.reasons))
+        if out_of_distribution:
+            warnings.insert(0, "out_of_distribution: " + ", ".join(reasons))
         return ImageResult(
             index=index,
             label=label,
@@ -237,10 +251,11 @@ class DataPlane:
             threshold=card.threshold,
             model=model.name,
             version=model.version,
-            out_of_distribution=check.out_of_distribution,
+            out_of_distribution=out_of_distribution,
+            ood_score=ood_score,
             input_check=InputCheckOut(
-                out_of_distribution=check.out_of_distribution,
-                reasons=check.reasons,
+                out_of_distribution=out_of_distribution,
+                reasons=reasons,
                 border_dark_fraction=check.border_dark_fraction,
                 foreground_fraction=check.foreground_fraction,
             ),
@@ -322,4 +337,6 @@ class DataPlane:
             input_checks=OOD_MEANING,
             digest=card.digest,
             explain=card.explain.model_dump() if card.explain else None,
+            ood_check=card.ood_check.model_dump() if card.ood_check else None,
+            calibration=card.calibration.model_dump() if card.calibration else None,
         )

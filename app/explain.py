@@ -199,6 +199,9 @@ def _explain_in_worker(
         _signatures[path] = (saved, saved.signatures[card.explain.signature])
     outputs = _signatures[path][1](images=tf.constant(image.pixels[None]))
     row = np.asarray(outputs[card.output.output_name].numpy()[0], dtype=np.float32)
+    if card.ood_check is not None:  # the row the service's runtime returns: score last
+        score = outputs[card.ood_check.output_name].numpy()[0]
+        row = np.append(row, np.float32(score)).astype(np.float32)
     signed = np.asarray(outputs[card.explain.output_name].numpy()[0], dtype=np.float32)
     heatmap = heatmap_of(card, image.pixels, row, signed)
     # The pixels stay here: the service needs only the input check and the answer.

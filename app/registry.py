@@ -67,12 +67,17 @@ Warmup = Callable[[ModelRuntime], None]
 
 
 def load_saved_model(path: Path, card: ModelCard) -> ModelRuntime:
+    score = card.ood_check.output_name if card.ood_check else None
+    # Explanations run the explain signature, and flag unfamiliar cells the same way.
+    explain = {card.explain.signature: [score]} if card.explain and score else None
     return SavedModelRuntime.load(
         path,
         signature=card.input.signature,
         input_name=card.input.input_name,
         output_name=card.output.output_name,
         n_labels=len(card.labels),
+        score_name=score,
+        also_required=explain,
     )
 
 

@@ -3,10 +3,15 @@
 The concrete ``serving_default`` function is called directly (never ``model.predict``): its
 input signature has a ``None`` batch and image size, so no call ever retraces. Only the
 batcher's worker thread calls :meth:`ModelRuntime.predict`.
+
+A version whose card has an ``ood_check`` also returns a per-image out-of-distribution
+score; it travels as one more column after the probabilities, so a row is everything the
+model said about one image and batching (which splits results by row) needs no second path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +21,8 @@ from numpy.typing import NDArray
 
 class ModelRuntime(Protocol):
     def predict(self, images: NDArray[np.uint8]) -> NDArray[np.float32]:
-        """uint8 [N, H, W, 3] RGB -> float32 [N, n_labels] probabilities."""
+        """uint8 [N, H, W, 3] RGB -> float32 [N, n_labels] probabilities, or [N, n_labels + 1]
+        with the out-of-distribution score last when the version has one."""
         ...
 
 
@@ -36,16 +42,34 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
 class SavedModelRuntime:
     """``serving_default`` of one SavedModel version."""
 
-    def __init__(self, function: Any, input_name: str, output_name: str, n_labels: int) -> None:
+    def __init__(
+        self,
+        function: Any,
+        input_name: str,
+        output_name: str,
+        n_labels: int,
+        score_name: str | None = None,
+    ) -> None:
         self._function = function
         self._input_name = input_name
         self._output_name = output_name
         self._n_labels = n_labels
+        self._score_name = score_name
 
     @classmethod
     def load(
-        cls, path: Path, signature: str, input_name: str, output_name: str, n_labels: int
+        cls,
+        path: Path,
+        signature: str,
+        input_name: str,
+        output_name: str,
+        n_labels: int,
+        score_name: str | None = None,
+        also_required: Mapping[str, Sequence[str]] | None = None,
     ) -> SavedModelRuntime:
+        """``score_name``: a float32 [N] output returned as the last column of each row.
+        ``also_required``: outputs other signatures must have (checked here, at load, so a
+        card that asks for what the SavedModel lacks fails the version with a reason)."""
         import tensorflow as tf
 
         loaded = tf.saved_model.load(str(path))
@@ -57,7 +81,12 @@ class SavedModelRuntime:
             raise ValueError(f"signature {signature!r} has no uint8 input {input_name!r}")
         if output_name not in function.structured_outputs:
             raise ValueError(f"signature {signature!r} has no output {output_name!r}")
-        runtime = cls(function, input_name, output_name, n_labels)
+        required = {signature: [score_name] if score_name else []}
+        for other, names in (also_required or {}).items():
+            required.setdefault(other, []).extend(names)
+        for name, outputs in required.items():
+            _check_score_outputs(loaded.signatures, name, outputs)
+        runtime = cls(function, input_name, output_name, n_labels, score_name)
         # Keep the loaded object alive: the concrete function only weakly references variables.
         runtime._loaded = loaded  # type: ignore[attr-defined]
         return runtime
@@ -69,7 +98,34 @@ class SavedModelRuntime:
         probabilities = np.asarray(outputs[self._output_name].numpy(), dtype=np.float32)
         if probabilities.shape != (images.shape[0], self._n_labels):
             raise ValueError(f"model returned shape {probabilities.shape}")
-        return probabilities
+        if self._score_name is None:
+            return probabilities
+        scores = np.asarray(outputs[self._score_name].numpy(), dtype=np.float32)
+        if scores.shape != (images.shape[0],):
+            raise ValueError(f"model returned {self._score_name!r} of shape {scores.shape}")
+        return np.concatenate([probabilities, scores[:, None]], axis=1)
+
+
+def _check_score_outputs(signatures: Any, signature: str, names: Sequence[str]) -> None:
+    """Each of ``names`` is a float32 [N] output of ``signature``."""
+    import tensorflow as tf
+
+    if not names:
+        return
+    if signature not in signatures:
+        raise ValueError(f"SavedModel has no signature {signature!r}")
+    outputs = signatures[signature].structured_outputs
+    for name in names:
+        spec = outputs.get(name)
+        if spec is None:
+            raise ValueError(
+                f"signature {signature!r} has no output {name!r} (the card's ood_check asks for it)"
+            )
+        if spec.dtype != tf.float32 or (spec.shape.rank is not None and spec.shape.rank != 1):
+            raise ValueError(
+                f"signature {signature!r} output {name!r} is {spec.dtype.name} "
+                f"{spec.shape}, not float32 [N]"
+            )
 
 
 def tune_malloc() -> bool:

@@ -15,7 +15,11 @@ class InputCheckOut(BaseModel):
         "black background, or its size is not near 450x450; its prediction is outside what "
         "the model was validated on."
     )
-    reasons: list[str] = Field(description="Why it was flagged (empty when not flagged).")
+    reasons: list[str] = Field(
+        description="Why it was flagged (empty when not flagged): the image checks' codes, "
+        "and the card's ood_check reason (e.g. 'unfamiliar_cell') when the model's "
+        "out-of-distribution score is above its threshold."
+    )
     border_dark_fraction: float = Field(description="Share of near-black pixels in the border.")
     foreground_fraction: float = Field(description="Share of non-black pixels in the image.")
 
@@ -32,6 +36,12 @@ class ImageResult(BaseModel):
     model: str
     version: int
     out_of_distribution: bool
+    ood_score: float | None = Field(
+        default=None,
+        description="The model's learned out-of-distribution score (higher: less like the "
+        "cells it was trained on); above the card's ood_check threshold the image is flagged "
+        "with the card's reason. Null for versions without an ood_check.",
+    )
     input_check: InputCheckOut
     warnings: list[str]
 
@@ -60,6 +70,7 @@ _RESULT_EXAMPLE: dict[str, Any] = {
     "model": "cnmc-improved-cnn",
     "version": 1,
     "out_of_distribution": False,
+    "ood_score": None,
     "input_check": {
         "out_of_distribution": False,
         "reasons": [],
@@ -155,6 +166,16 @@ class ModelInfo(BaseModel):
     )
     explain: dict[str, Any] | None = Field(
         default=None, description="The card's 'explain' signature, null when it has none."
+    )
+    ood_check: dict[str, Any] | None = Field(
+        default=None,
+        description="The card's learned out-of-distribution check (output, threshold, reason, "
+        "method, measured flag rates); null when the version has none.",
+    )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="How the probabilities were calibrated (applied inside the model); null "
+        "when the card does not say.",
     )
 
 

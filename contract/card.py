@@ -134,6 +134,40 @@ class CardExplain(_Group):
     max_probability_difference: float | None = Field(default=None, ge=0.0)
 
 
+class CardOODCheck(_Group):
+    """A learned out-of-distribution score the ``serving_default`` signature returns.
+
+    The signature (and the ``explain`` one, when the version has it) returns the float32 [N]
+    output ``output_name`` next to the probabilities; higher means less like the cells the
+    model was trained on. An image whose score is above ``threshold`` is flagged out of
+    distribution with ``reason``, as the input checks flag images (``input_check.reasons``).
+    ``method`` says in words how the score is computed and calibrated; ``measured`` holds the
+    flag rates the calibration measured (plain JSON, passed through).
+    """
+
+    output_name: str = Field(default="ood_score", min_length=1)
+    threshold: float = Field(allow_inf_nan=False)
+    reason: str = Field(
+        default="unfamiliar_cell",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="reason code listed in input_check.reasons when the score is above threshold",
+    )
+    method: str
+    measured: dict[str, Any] = Field(default_factory=dict)
+
+
+class CardCalibration(_Group):
+    """How the probabilities were calibrated. The calibration is part of the exported graph
+    (``applied: in_graph``): the service reports it and never applies it again."""
+
+    method: str = Field(description="e.g. 'temperature' or 'isotonic'")
+    parameters: dict[str, float]
+    applied: Literal["in_graph"]
+    ece_before: float | None = Field(default=None, ge=0.0, le=1.0)
+    ece_after: float | None = Field(default=None, ge=0.0, le=1.0)
+    what: str = Field(description="what the calibration was fitted and measured on, in words")
+
+
 class CardFramework(_Group):
     tensorflow: str
     keras: str
@@ -163,6 +197,8 @@ class ModelCard(_Group):
     framework: CardFramework
     files: dict[str, str] = Field(min_length=1, description="sha256 of every SavedModel file")
     explain: CardExplain | None = None
+    ood_check: CardOODCheck | None = None
+    calibration: CardCalibration | None = None
 
     @model_validator(mode="after")
     def _labels_agree(self) -> ModelCard:
@@ -173,6 +209,8 @@ class ModelCard(_Group):
         unknown = set(self.label_descriptions) - set(self.labels)
         if unknown:
             raise ValueError(f"label_descriptions for labels the model lacks: {sorted(unknown)}")
+        if self.ood_check is not None and self.ood_check.output_name == self.output.output_name:
+            raise ValueError("ood_check.output_name must differ from output.output_name")
         return self
 
     @property

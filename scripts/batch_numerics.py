@@ -43,19 +43,28 @@ def measure(registry: ModelRegistry, name: str, version: int) -> dict[str, objec
     images = np.stack(real_cells() + list(probe_images(16, seed=7)))
     singles = np.concatenate([runtime.predict(image[None]) for image in images])
     repeat = np.concatenate([runtime.predict(image[None]) for image in images])
+    n_labels = len(card.labels)
     worst: dict[str, float] = {}
-    label_changes = 0
+    worst_score: dict[str, float] = {}  # the card's ood_check score: the column after them
+    label_changes = flag_changes = 0
     for size in SIZES:
         batched = np.concatenate(
             [runtime.predict(images[i : i + size]) for i in range(0, len(images), size)]
         )
-        worst[str(size)] = float(np.max(np.abs(batched - singles)))
+        difference = np.abs(batched - singles)
+        worst[str(size)] = float(np.max(difference[:, :n_labels]))
         label_changes += int(
             np.sum(
                 (batched[:, positive] >= card.threshold) != (singles[:, positive] >= card.threshold)
             )
         )
-    return {
+        if card.ood_check is not None:
+            worst_score[str(size)] = float(np.max(difference[:, n_labels]))
+            limit = card.ood_check.threshold
+            flag_changes += int(
+                np.sum((batched[:, n_labels] > limit) != (singles[:, n_labels] > limit))
+            )
+    row: dict[str, object] = {
         "model": f"{name}/{version}",
         "images": len(images),
         "max_abs_diff_by_batch_size": worst,
@@ -64,6 +73,14 @@ def measure(registry: ModelRegistry, name: str, version: int) -> dict[str, objec
         "batch1_repeatable": bool(np.array_equal(singles, repeat)),
         "within_tolerance": max(worst.values()) <= BATCH_TOLERANCE,
     }
+    if worst_score:
+        row |= {
+            "max_abs_ood_score_diff_by_batch_size": worst_score,
+            "max_abs_ood_score_diff": max(worst_score.values()),
+            "ood_flag_changes": flag_changes,
+            "ood_score_within_tolerance": max(worst_score.values()) <= BATCH_TOLERANCE,
+        }
+    return row
 
 
 def main() -> None:
@@ -84,6 +101,11 @@ def main() -> None:
             f"{row['model']:<24} max |batched-single| {row['max_abs_diff']:.3g}  "
             f"label changes {row['label_changes']}  batch-1 repeatable {row['batch1_repeatable']}"
         )
+        if "max_abs_ood_score_diff" in row:
+            print(
+                f"{'':<24} max |batched-single| ood_score {row['max_abs_ood_score_diff']:.3g}  "
+                f"ood flag changes {row['ood_flag_changes']}"
+            )
     if args.out:
         args.out.write_text(json.dumps({"isa": isa, "rows": rows}, indent=2) + "\n")
 

@@ -11,7 +11,8 @@ through the batcher. Inputs (send exactly one):
   checks run on them.
 
 Outputs: ``probabilities`` (``FP32`` ``[N, n_labels]``, in the order of the model's labels),
-``label`` (``BYTES`` ``[N]``) and ``out_of_distribution`` (``BOOL`` ``[N]``), in JSON or
+``label`` (``BYTES`` ``[N]``) and ``out_of_distribution`` (``BOOL`` ``[N]``), and for a version
+whose card has an ``ood_check`` also ``ood_score`` (``FP32`` ``[N]``), in JSON or
 binary (``binary_data`` per output, or ``binary_data_output`` for all). The response's
 ``parameters`` carry the model identity (SavedModel sha256) and its intended use.
 
@@ -66,6 +67,7 @@ HEADER_LENGTH = "inference-header-content-length"
 INPUT_FILE, INPUT_PIXELS = "image_file", "pixels"
 OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_OOD = "probabilities", "label", "out_of_distribution"
 OUTPUT_NAMES = (OUTPUT_PROBABILITIES, OUTPUT_LABEL, OUTPUT_OOD)
+OUTPUT_OOD_SCORE = "ood_score"  # only for versions whose card has an ood_check
 
 Parameters = dict[str, str | int | float | bool]
 
@@ -227,6 +229,11 @@ def _metadata(dataplane: DataPlane, name: str, version: int | None) -> ModelMeta
             TensorMetadata(name=OUTPUT_PROBABILITIES, datatype="FP32", shape=[-1, n_labels]),
             TensorMetadata(name=OUTPUT_LABEL, datatype="BYTES", shape=[-1]),
             TensorMetadata(name=OUTPUT_OOD, datatype="BOOL", shape=[-1]),
+            *(
+                [TensorMetadata(name=OUTPUT_OOD_SCORE, datatype="FP32", shape=[-1])]
+                if info.ood_check is not None
+                else []
+            ),
         ],
         parameters={
             "labels": ",".join(info.labels),
@@ -234,6 +241,14 @@ def _metadata(dataplane: DataPlane, name: str, version: int | None) -> ModelMeta
             "threshold": info.threshold,
             "saved_model_sha256": info.files.get("saved_model.pb", ""),
             "intended_use": info.intended_use,
+            **(
+                {
+                    "ood_threshold": info.ood_check["threshold"],
+                    "ood_reason": info.ood_check["reason"],
+                }
+                if info.ood_check is not None
+                else {}
+            ),
         },
     )
 
@@ -548,13 +563,11 @@ def _response(
     inference: InferenceRequest, result: ClassifyResponse, loaded: LoadedVersion, request_id: str
 ) -> Response:
     model = ModelIdentity.of(loaded)
-    tensors = _output_tensors(result, model)
-    requested = inference.outputs or [RequestOutput(name=name) for name in OUTPUT_NAMES]
+    tensors = _output_tensors(result, model, scored=loaded.card.ood_check is not None)
+    requested = inference.outputs or [RequestOutput(name=name) for name in tensors]
     unknown = [o.name for o in requested if o.name not in tensors]
     if unknown:
-        raise InvalidInferenceRequest(
-            f"Unknown outputs {unknown[:4]}; known: {list(OUTPUT_NAMES)}."
-        )
+        raise InvalidInferenceRequest(f"Unknown outputs {unknown[:4]}; known: {list(tensors)}.")
     all_binary = bool((inference.parameters or {}).get("binary_data_output", False))
     outputs, blobs = [], []
     for out in requested:
@@ -598,17 +611,26 @@ def _response(
 Tensor = tuple[str, list[int], "NDArray[Any] | list[str]"]
 
 
-def _output_tensors(result: ClassifyResponse, model: ModelIdentity) -> dict[str, Tensor]:
+def _output_tensors(
+    result: ClassifyResponse, model: ModelIdentity, scored: bool
+) -> dict[str, Tensor]:
+    """Every output this version has, in the order a request without ``outputs`` gets them."""
     rows = result.results
     probabilities = np.array(
         [[r.probabilities[label] for label in model.labels] for r in rows], dtype=np.float32
     ).reshape(len(rows), len(model.labels))
     ood = np.array([r.out_of_distribution for r in rows], dtype=np.bool_)
-    return {
+    tensors: dict[str, Tensor] = {
         OUTPUT_PROBABILITIES: ("FP32", list(probabilities.shape), probabilities),
         OUTPUT_LABEL: ("BYTES", [len(rows)], [r.label for r in rows]),
         OUTPUT_OOD: ("BOOL", [len(rows)], ood),
     }
+    if scored:
+        scores = np.array(
+            [r.ood_score if r.ood_score is not None else np.nan for r in rows], dtype=np.float32
+        )
+        tensors[OUTPUT_OOD_SCORE] = ("FP32", [len(rows)], scores)
+    return tensors
 
 
 def _binary(datatype: str, values: NDArray[Any] | list[str]) -> bytes:

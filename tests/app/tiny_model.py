@@ -5,6 +5,11 @@ stores the real one never is: several models and versions, a broken version, a h
 mismatch, a missing card. They have the exact serving signature of the real export:
 uint8 ``images`` [N, H, W, 3] of any size -> resize + scale inside -> ``probabilities``
 [N, 2] in the order ``["hem", "all"]``.
+
+Optionally (``ood_output``) they also return ``ood_score`` [N] as a model with a learned
+out-of-distribution check does: here simply the image's mean brightness in [0, 1], so a test
+picks inputs on either side of a card's threshold by how bright it draws them; and
+(``explain``) an ``explain`` signature with the same outputs plus a ``class_activation`` map.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from contract.card import CARD_FILE, CardData, CardMetrics, CardTraining, ModelCard
+from contract.card import (
+    CARD_FILE,
+    CardCalibration,
+    CardData,
+    CardExplain,
+    CardMetrics,
+    CardOODCheck,
+    CardTraining,
+    ModelCard,
+)
 from training.export import build_card
 
 INPUT_SIZE = (32, 32)
@@ -41,16 +55,31 @@ def _build_keras_model(seed: int) -> Any:
     return keras.Model(inputs, outputs)
 
 
+_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+
+
 class _ServingModule(tf.Module):  # type: ignore[misc]
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, ood_output: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.ood_output = ood_output
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])  # type: ignore[untyped-decorator]
+    @tf.function(input_signature=[_IMAGES])  # type: ignore[untyped-decorator]
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = tf.image.resize(tf.cast(images, tf.float32), INPUT_SIZE, method="bilinear")
         x = x / 255.0
-        return {"probabilities": self.model(x, training=False)}
+        outputs = {"probabilities": self.model(x, training=False)}
+        if self.ood_output:
+            outputs["ood_score"] = tf.reduce_mean(tf.cast(images, tf.float32) / 255.0, [1, 2, 3])
+        return outputs
+
+    @tf.function(input_signature=[_IMAGES])  # type: ignore[untyped-decorator]
+    def explain(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = dict(self.serve(images))
+        # Not Grad-CAM: a signed map in the input's pixel frame, enough for the service's
+        # drawing code (the real method is training/explain.py's).
+        outputs["class_activation"] = tf.reduce_mean(tf.cast(images, tf.float32), -1) / 255.0 - 0.25
+        return outputs
 
 
 def file_hashes(version_dir: Path) -> dict[str, str]:
@@ -100,16 +129,41 @@ def make_card(name: str, version: int, files: dict[str, str], threshold: float) 
 
 
 def export_tiny_model(
-    store: Path, name: str, version: int, *, seed: int = 0, threshold: float = 0.5
+    store: Path,
+    name: str,
+    version: int,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    ood_output: bool = False,
+    ood_check: CardOODCheck | None = None,
+    calibration: CardCalibration | None = None,
+    explain: bool = False,
 ) -> Path:
-    """Write ``store/name/version`` atomically (temp dir + rename), like training does."""
+    """Write ``store/name/version`` atomically (temp dir + rename), like training does.
+
+    ``ood_output`` puts ``ood_score`` in the signatures; ``ood_check`` in the card (the two
+    are separate so that a test can write a card asking for an output the model lacks).
+    """
     model_dir = store / name
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{version}-{os.getpid()}"
-    module = _ServingModule(_build_keras_model(seed))
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+    module = _ServingModule(_build_keras_model(seed), ood_output)
+    signatures = {"serving_default": module.serve}
+    if explain:
+        signatures["explain"] = module.explain
+    tf.saved_model.save(module, str(tmp), signatures=signatures)
     files = file_hashes(tmp)
     card = make_card(name, version, files, threshold)
+    if ood_check is not None or calibration is not None or explain:
+        card = ModelCard.model_validate(
+            card.model_dump()
+            | {
+                "ood_check": ood_check,
+                "calibration": calibration,
+                "explain": CardExplain() if explain else None,
+            }
+        )
     (tmp / CARD_FILE).write_text(card.to_json())
     final = model_dir / str(version)
     os.rename(tmp, final)

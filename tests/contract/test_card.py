@@ -27,12 +27,13 @@ def test_committed_cards_validate_and_round_trip(path: Path) -> None:
     assert card.labels[card.positive_index] == "all"
     # Nothing is lost or renamed: written back, the card is the committed one plus the
     # input_checks group, which the older cards predate (its defaults are the calibrated
-    # rule), and an empty explain group for versions without the explain signature.
+    # rule), and empty explain, ood_check and calibration groups for versions without them.
     written = json.loads(card.to_json())
     assert written.pop("input_checks") == InputChecks().model_dump(mode="json")
     raw.pop("input_checks", None)
-    if "explain" not in raw:
-        assert written.pop("explain") is None
+    for optional in ("explain", "ood_check", "calibration"):
+        if optional not in raw:
+            assert written.pop(optional) is None
     assert written == raw
 
 
@@ -50,11 +51,44 @@ def _committed() -> dict[str, Any]:
         {"thresold": 0.5},  # a misspelt key is refused, not ignored
         {"input": {"model_input_size": [64, 64]}},  # the input contract is incomplete
         {"input_checks": {"min_foreground": 0.6, "max_foreground": 0.5}},
+        {"ood_check": {"threshold": 3.0}},  # no method
+        {"ood_check": {"threshold": 3.0, "method": "m", "output_name": "probabilities"}},
+        {"ood_check": {"threshold": 3.0, "method": "m", "reason": "Unfamiliar cell"}},
+        {"ood_check": {"threshold": 3.0, "method": "m", "treshold": 3.0}},
+        {"calibration": {"method": "t", "parameters": {}, "applied": "in_service", "what": "x"}},
+        {
+            "calibration": {
+                "method": "t",
+                "parameters": {},
+                "applied": "in_graph",
+                "what": "x",
+                "ece_after": 1.5,
+            }
+        },  # ECE is a share
     ],
 )
 def test_malformed_cards_are_refused(change: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ModelCard.model_validate(_committed() | change)
+
+
+def test_ood_check_and_calibration_validate_with_their_defaults_and_round_trip() -> None:
+    groups = {
+        "ood_check": {"threshold": 41.5, "method": "Mahalanobis distance, penultimate layer"},
+        "calibration": {
+            "method": "temperature",
+            "parameters": {"temperature": 1.6},
+            "applied": "in_graph",
+            "ece_before": 0.09,
+            "ece_after": 0.02,
+            "what": "fitted on out-of-fold scores",
+        },
+    }
+    card = ModelCard.model_validate(_committed() | groups)
+    assert card.ood_check is not None and card.calibration is not None
+    assert (card.ood_check.output_name, card.ood_check.reason) == ("ood_score", "unfamiliar_cell")
+    assert card.ood_check.measured == {}
+    assert ModelCard.model_validate_json(card.to_json()) == card
 
 
 def test_the_service_applies_the_cards_input_checks() -> None:
