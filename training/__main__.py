@@ -127,6 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache of recipes' out-of-fold scores and fold models, shared between "
         "comparisons (default: <out>/runs)",
     )  # fmt: skip
+    ship = sub.add_parser(
+        "ship",
+        help="export a protocol run's fold models as a calibrated ensemble with the OOD score",
+    )
+    ship.add_argument("models_dir", type=Path, help="<runs-dir>/<digest> written by protocol")
+    ship.add_argument("--data", type=Path, default=Path("../shared/data/cnmc"))
+    ship.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    ship.add_argument("--model-store", type=Path, default=Path("model_store"))
+    ship.add_argument("--name", required=True)
+    ship.add_argument("--description", required=True)
+    ship.add_argument("--ood-target", type=float, default=0.01, help="share of genuine cells")
+    ship.add_argument(
+        "--extra", action="append", default=[], metavar="NAME=FOLDER",
+        help="image sets (one subfolder per class) whose OOD flag rates go into the card",
+    )  # fmt: skip
+    ship.add_argument("--bootstrap", type=int, default=1000)
+    ship.add_argument(
+        "--views", type=int, choices=(1, 4, 8), default=None,
+        help="test-time views per member in the export (default: the recipe's)",
+    )  # fmt: skip
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -186,6 +206,25 @@ def main(argv: list[str] | None = None) -> int:
             n_boot=args.bootstrap,
             serving_ms=tuple(args.serving_ms) if args.serving_ms else None,
             runs_dir=args.runs_dir,
+        )
+        return 0
+    if args.command == "ship":
+        from training.shipping import ship as ship_run
+
+        print(
+            ship_run(
+                args.models_dir,
+                args.data,
+                args.cache_dir,
+                args.model_store,
+                args.name,
+                args.description,
+                args.ood_target,
+                {k: Path(v) for k, v in (item.split("=", 1) for item in args.extra)},
+                n_boot=args.bootstrap,
+                command=" ".join(["python -m training", *sys.argv[1:]]),
+                views=args.views,
+            )
         )
         return 0
     if args.command == "throughput":

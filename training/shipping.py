@@ -242,3 +242,138 @@ def analyse(
         {n: float(np.mean(oof.ood[labels == c] > threshold)) for c, n in ((0, "hem"), (1, "all"))},
         extra,
     )  # fmt: skip
+
+
+OOD_METHOD = (
+    "Smallest squared Mahalanobis distance to a class mean (hem, all) of the classifier's "
+    "penultimate features (pooled conv features + whole-cell area/colour descriptors), one "
+    "shared Ledoit-Wolf-shrunk covariance per member fitted on its training subjects' cells, "
+    "divided by the median distance of its validation subjects' cells, averaged over members "
+    "(Lee et al., NeurIPS 2018). Threshold: the out-of-fold quantile of genuine C-NMC cells "
+    "at the target flag rate."
+)
+
+
+def ship(
+    models_dir: Path,
+    data: Path,
+    cache_dir: Path | None,
+    model_store: Path,
+    name: str,
+    description: str,
+    ood_target: float,
+    extra: dict[str, Path],
+    n_boot: int = 1000,
+    command: str = "see training/README.md",
+    views: int | None = None,
+) -> Path:
+    """Export a protocol run's fold models (``<runs>/<digest>/``, scores in ``<digest>.npz``)
+    as the next version of ``name``: calibrated ensemble + OOD score, card with the
+    protocol's out-of-fold numbers and intervals."""
+    from contract.card import CardCalibration, CardData, CardMetrics, CardOODCheck, CardTraining
+    from training.data import load_images
+    from training.export import CITATION, DATASET, build_card, export_version
+    from training.ood import load_image_folder, score_fold_models
+    from training.protocol import Cells, RecipeRun, recipe_summary
+    from training.train import TrainConfig
+
+    saved = np.load(models_dir.with_suffix(".npz"), allow_pickle=False)
+    config = TrainConfig.from_dict(json.loads(str(saved["config"])))
+    cost = json.loads(str(saved["cost"]))
+    trained_views = config.tta_views if config.test_time_dihedral else 1
+    views = trained_views if views is None else views
+    images = load_images(data, config.input_size, config.crop_fraction, cache_dir)
+    extra_pixels, extra_classes = {}, {}
+    for key, folder in extra.items():
+        extra_pixels[key], extra_classes[key] = load_image_folder(
+            folder, config.input_size, config.crop_fraction
+        )
+    members = score_fold_models(
+        models_dir, images.pixels, images.labels, images.subjects, extra_pixels, views
+    )
+    result = analyse(members, images.labels, extra_classes, ood_target)
+    cells = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
+    # The card's numbers are those of the members as shipped (with ``views``), each member's
+    # threshold chosen on its validation subjects with those views.
+    scores, thresholds = (
+        np.full((1, len(cells.labels)), np.nan),
+        np.full((1, len(cells.labels)), np.nan),
+    )
+    for m in members:
+        scores[0, m.test_index], thresholds[0, m.test_index] = m.test_p, m.threshold
+    if views == trained_views and not np.allclose(scores, saved["scores"], atol=1e-4):
+        raise ValueError("the fold models do not reproduce the protocol's out-of-fold scores")
+    run = RecipeRun(models_dir.name, scores, thresholds, cost)
+    summary = recipe_summary(cells, run, n_boot=n_boot)
+    models, metas = load_members(models_dir)
+    ensemble = CalibratedEnsemble(
+        models, [m.threshold for m in members], result.a, result.b, [m.fit for m in members],
+        views,
+    )  # fmt: skip
+    threshold = float(1.0 / (1.0 + np.exp(-result.b)))
+    oof_what = (
+        "out of fold: every C-NMC cell scored by the member that never saw its subject "
+        f"({len(members)} subject-grouped folds, seed {config.seed}, {views} test-time "
+        f"view(s) per member); 95% intervals from "
+        f"{n_boot} subject bootstraps (training/protocol.py)"
+    )
+
+    def make_card(version: int, files: dict[str, str]) -> Any:
+        card = build_card(
+            name=name, version=version, architecture=config.architecture,
+            description=description, threshold=threshold, input_size=config.input_size,
+            crop_fraction=config.crop_fraction,
+            metrics=CardMetrics(
+                validation={"what": oof_what, **summary},
+                cross_validation={"what": oof_what, "protocol": summary},
+            ),
+            data=CardData(
+                dataset=DATASET, citation=CITATION, manifest_sha256=images.manifest_sha256,
+                duplicates_dropped=len(images.duplicates),
+                splits={f"member {i}": {
+                    "train": len(m["train"]), "validation": len(m["validation"]),
+                    "test": len(m["test"]), "selected_epoch": m["selected_epoch"],
+                } for i, m in enumerate(metas)},
+            ),
+            training=CardTraining(
+                config=config.to_dict(), seed=config.seed, epochs_run=config.epochs,
+                selected_epoch=max(int(m["selected_epoch"]) for m in metas),
+                seconds=round(float(cost.get("train_seconds", 0.0)), 1),
+                seconds_per_epoch=round(float(cost.get("seconds_per_epoch", 0.0)), 2),
+                images_per_second=0.0, command=command,
+            ),
+            files=files,
+        )  # fmt: skip
+        return card.model_copy(
+            update={
+                "ood_check": CardOODCheck(
+                    threshold=result.ood_threshold,
+                    method=OOD_METHOD,
+                    measured={
+                        "target_flag_rate": ood_target,
+                        "cnmc_out_of_fold_flag_rate_cross_fitted": round(result.ood_flag_rate, 4),
+                        "cnmc_out_of_fold_flag_rate_by_class": result.ood_flag_rate_by_class,
+                        "extra_image_sets": result.extra,
+                    },
+                ),
+                "calibration": CardCalibration(
+                    method="platt on the members' threshold-centred logits",
+                    parameters={"a": result.a, "b": result.b},
+                    applied="in_graph",
+                    ece_before=round(result.ece_before, 4),
+                    ece_after=round(result.ece_after, 4),
+                    what=(
+                        "P(all) = sigmoid(a * mean_m(logit p_m - logit t_m) + b), a and b fitted "
+                        "on the out-of-fold cells; ece_before: the members' own P(all) out of "
+                        "fold; ece_after: Platt fitted on the other folds (cross-fitted), 15 "
+                        "equal-width bins, cells weighted equally. C-NMC's blast share (70%) is "
+                        "the prior these probabilities carry."
+                    ),
+                ),
+            }
+        )
+
+    return export_version(
+        ensemble, model_store / name, config.input_size, config.crop_fraction, make_card,
+        module=ShippedClassifier(ensemble, config.input_size, config.crop_fraction),
+    )  # fmt: skip
