@@ -62,6 +62,12 @@ class TrainConfig:
     ship: ShipMode = "single"
     validation_fraction: float = 0.15
     validation_max_share: float = 0.25
+    # Stain jitter in HED space (Tellez et al. 2019): each of haematoxylin, eosin and DAB is
+    # scaled by U(1-h, 1+h) and shifted by U(-h, h) per image; 0 = off (0.05 is "HED-light").
+    hed_jitter: float = 0.0
+    # Zoom by U(1-s, 1+s) about the centre; 0 = off. Off by default because cell size is a
+    # real feature (blasts are larger); a small s asks whether donor-to-donor size shifts hurt.
+    scale_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("architecture", self.architecture, Architecture)
@@ -72,13 +78,22 @@ class TrainConfig:
             raise ValueError(f"tta_views must be 1, 4 or 8, not {self.tta_views}")
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 1:
             raise ValueError("epochs, batch_size and input_size must be positive")
+        if not 0.0 <= self.hed_jitter < 1.0 or not 0.0 <= self.scale_jitter < 1.0:
+            raise ValueError("hed_jitter and scale_jitter must be in [0, 1)")
 
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(self.architecture, self.input_size, self.crop_fraction)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except options added after recipes were cached and cards written that
+        are at their default (off): the dict, and so the protocol's config digest and the
+        cards, of every recipe that does not use them stay what they were."""
+        d = dataclasses.asdict(self)
+        for name in OMITTED_AT_DEFAULT:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -89,6 +104,10 @@ class TrainConfig:
         improved = dict(d.pop("improved", {}))
         improved |= {k: d.pop(k) for k in option_names & set(d)}
         return TrainConfig(**d, improved=ImprovedOptions(**improved))
+
+
+OMITTED_AT_DEFAULT = ("hed_jitter", "scale_jitter")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def paper_config(**overrides: Any) -> TrainConfig:
@@ -140,13 +159,48 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], "SAME")[0]
 
 
-def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
+# skimage.color's rgb_from_hed (Ruifrok & Johnston): rows are the RGB optical densities of
+# haematoxylin, eosin and DAB; rgb2hed is its inverse on log intensities scaled by log(1e-6).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = float(np.log(1e-6))
+
+
+def hed_jitter(x: tf.Tensor, alpha: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+    """[..., 3] RGB in [0, 255] -> HED, ``hed * alpha + beta`` per channel, -> RGB.
+
+    The same transform as ``skimage.color.rgb2hed``/``hed2rgb`` except that stains are not
+    clipped at zero, so alpha=1, beta=0 gives the input back. Black (background) pixels are
+    the caller's to restore: in optical density they are a heavy stain, not an absence.
+    """
+    rgb = tf.maximum(x / 255.0, 1e-6)
+    hed = tf.linalg.matmul(
+        tf.reshape(tf.math.log(rgb) / _LOG_ADJUST, [-1, 3]),
+        tf.constant(HED_FROM_RGB, tf.float32),
+    )
+    hed = hed * tf.reshape(alpha, [1, 3]) + tf.reshape(beta, [1, 3])
+    log_rgb = tf.linalg.matmul(hed * _LOG_ADJUST, tf.constant(RGB_FROM_HED, tf.float32))
+    return tf.reshape(tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0) * 255.0, tf.shape(x))
+
+
+def zoom_about_centre(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """[S, S, C] scaled by ``factor`` about the centre, cropped or black-padded back to S."""
+    size = tf.shape(x)[0]
+    new = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
+    scaled = tf.image.resize(x, [new, new], "bilinear", antialias=True)
+    return tf.image.resize_with_crop_or_pad(scaled, size, size)
+
+
+def make_augment(
+    blur_noise: bool, colour_jitter: float = 1.0, hed: float = 0.0, scale: float = 0.0
+) -> Any:
     def augment(
         pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor, key: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
+        """Flips, 90-degree turns, mild colour gains; optionally zoom and HED stain jitter.
 
-        Gains are multiplicative so the black background stays black. Optional blur and
+        Gains are multiplicative so the black background stays black; HED jitter and blur
+        re-apply the foreground mask for the same reason. Optional blur and
         noise blunt the per-donor focus/sensor differences a network can latch onto.
         Every random draw is stateless, seeded from ``key`` (one per element, from a seeded
         random dataset), so parallel mapping cannot reorder draws: same seed, same run.
@@ -162,6 +216,14 @@ def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
         x = tf.image.stateless_random_flip_left_right(x, seed(0))
         x = tf.image.stateless_random_flip_up_down(x, seed(1))
         x = tf.image.rot90(x, k=tf.random.stateless_uniform([], seed(2), 0, 4, dtype=tf.int32))
+        if scale > 0.0:
+            x = tf.ensure_shape(
+                zoom_about_centre(x, uniform(9, [], 1.0 - scale, 1.0 + scale)), x.shape
+            )
+        if hed > 0.0:
+            foreground = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, tf.float32)
+            alpha, beta = uniform(10, [3], 1.0 - hed, 1.0 + hed), uniform(11, [3], -hed, hed)
+            x = hed_jitter(x, alpha, beta) * foreground
         c = colour_jitter
         gain = uniform(3, [1, 1, 3], 1.0 - 0.1 * c, 1.0 + 0.1 * c) * uniform(
             4, [], 1.0 - 0.15 * c, 1.0 + 0.15 * c
@@ -190,6 +252,8 @@ def make_dataset(
     seed: int,
     blur_noise: bool = False,
     colour_jitter: float = 1.0,
+    hed: float = 0.0,
+    scale: float = 0.0,
 ) -> tf.data.Dataset:
     labels = images.labels.astype(np.float32)
     weights = (
@@ -202,7 +266,7 @@ def make_dataset(
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        fn = make_augment(blur_noise, colour_jitter)
+        fn = make_augment(blur_noise, colour_jitter, hed, scale)
         ds = tf.data.Dataset.zip((ds, keys)).map(
             lambda item, key: fn(*item, key),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -280,6 +344,8 @@ def train_model(
         config.seed,
         config.blur_noise,
         config.colour_jitter,
+        config.hed_jitter,
+        config.scale_jitter,
     )
     val_ds = make_dataset(validation, 128, False, False, None, config.seed)
     progress = Progress(len(train.labels), config.epochs, config.select_epoch, label)
