@@ -8,7 +8,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -24,10 +24,15 @@ from training.models import (
     spec_for,
 )
 
+if TYPE_CHECKING:
+    from training.pretrain import PretrainData
+
 OptimizerName = Literal["adam", "adamw"]  # "adam": the paper's
 # "best_val_auc": keep the weights of the epoch with the best validation AUC; "last": the
 # final epoch's (the paper trains a fixed 20 epochs)
 EpochSelection = Literal["best_val_auc", "last"]
+# "pbc": pretrain the conv blocks as a PBC cell-type classifier first (training/pretrain.py)
+Pretrain = Literal["none", "pbc"]
 # "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
 # cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
 ShipMode = Literal["single", "cv_ensemble"]
@@ -68,12 +73,19 @@ class TrainConfig:
     # Zoom by U(1-s, 1+s) about the centre; 0 = off. Off by default because cell size is a
     # real feature (blasts are larger); a small s asks whether donor-to-donor size shifts hurt.
     scale_jitter: float = 0.0
+    pretrain: Pretrain = "none"
+    pretrain_epochs: int = 10
 
     def __post_init__(self) -> None:
         check_choice("architecture", self.architecture, Architecture)
         check_choice("optimizer", self.optimizer, OptimizerName)
         check_choice("select_epoch", self.select_epoch, EpochSelection)
         check_choice("ship", self.ship, ShipMode)
+        check_choice("pretrain", self.pretrain, Pretrain)
+        if self.pretrain != "none" and self.architecture != "improved":
+            raise ValueError("pretrain needs the improved architecture (its conv blocks)")
+        if self.pretrain_epochs < 1:
+            raise ValueError("pretrain_epochs must be positive")
         if self.tta_views not in (1, 4, 8):
             raise ValueError(f"tta_views must be 1, 4 or 8, not {self.tta_views}")
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 1:
@@ -106,7 +118,7 @@ class TrainConfig:
         return TrainConfig(**d, improved=ImprovedOptions(**improved))
 
 
-OMITTED_AT_DEFAULT = ("hed_jitter", "scale_jitter")
+OMITTED_AT_DEFAULT = ("hed_jitter", "scale_jitter", "pretrain", "pretrain_epochs")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
@@ -312,21 +324,43 @@ class Progress(keras.callbacks.Callback):  # type: ignore[misc]
         )
 
 
-def train_model(
-    config: TrainConfig, train: CachedImages, validation: CachedImages, label: str = "train"
-) -> TrainResult:
-    set_seed(config.seed)
-    model = make_model(config.spec, config.improved)
-    steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
+def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
     lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.cosine_decay:
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.02)
     if config.optimizer == "adam":
-        optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(lr)
-    else:
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+
+
+def train_model(
+    config: TrainConfig,
+    train: CachedImages,
+    validation: CachedImages,
+    label: str = "train",
+    pretrain_data: PretrainData | None = None,
+    pretrain_seed: int | None = None,
+) -> TrainResult:
+    """Fit ``config`` on ``train``; with ``pretrain="pbc"`` the conv blocks start from the
+    backbone pretrained on ``pretrain_data`` with ``pretrain_seed`` (default: the seed)."""
+    backbone_weights = None
+    if config.pretrain == "pbc":
+        from training.pretrain import pretrained_backbone
+
+        if pretrain_data is None:
+            raise ValueError("pretrain='pbc' needs pretrain_data (where the PBC cells are)")
+        seed = config.seed if pretrain_seed is None else pretrain_seed
+        # Before set_seed: a cache hit and a fresh pretraining leave the same random state.
+        backbone_weights, _ = pretrained_backbone(config, pretrain_data, seed)
+    set_seed(config.seed)
+    model = make_model(config.spec, config.improved)
+    if backbone_weights is not None:
+        from training.pretrain import load_backbone
+
+        load_backbone(model, backbone_weights)
+    steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(config, steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
         weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
         metrics=[keras.metrics.AUC(name="auc")],
