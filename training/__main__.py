@@ -30,6 +30,21 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(base, **given(TrainConfig), improved=improved)
 
 
+def add_pretrain_flags(parser: argparse.ArgumentParser) -> None:
+    """Where ``--pretrain pbc`` finds its cells (ignored by recipes that do not pretrain)."""
+    parser.add_argument("--pbc-data", type=Path, default=Path("../shared/data/pbc"))
+    parser.add_argument(
+        "--ood-data", type=Path, default=Path("../shared/data/ood"),
+        help="shared OOD sets: their PBC source images are left out of pretraining",
+    )  # fmt: skip
+
+
+def pretrain_data(args: argparse.Namespace) -> Any:
+    from training.pretrain import PretrainData
+
+    return PretrainData(args.pbc_data, args.ood_data, args.cache_dir)
+
+
 def _parse_bool(value: str) -> bool:
     return value.lower() in {"1", "true", "yes"}
 
@@ -89,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse cv.json of an earlier run with the identical config and data",
     )
     add_config_flags(run)
+    add_pretrain_flags(run)
     cmp = sub.add_parser("compare", help="write the paper-vs-improved comparison report")
     cmp.add_argument("--paper-run", type=Path, required=True)
     cmp.add_argument("--improved-run", type=Path, required=True)
@@ -147,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--views", type=int, choices=(1, 4, 8), default=None,
         help="test-time views per member in the export (default: the recipe's)",
     )  # fmt: skip
+    add_pretrain_flags(prot)
+    pbc = sub.add_parser(
+        "pbc", help="segment the PBC cells like C-NMC cells, cache them, compare with the dev set"
+    )
+    add_pretrain_flags(pbc)
+    pbc.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    pbc.add_argument("--input-size", type=int, default=128)
+    pbc.add_argument("--crop-fraction", type=float, default=0.75)
+    pbc.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -163,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.only_fold:
             from training.pipeline import probe_fold
 
-            probe_fold(config, args.data, args.cache_dir, args.run_dir, args.only_fold)
+            probe_fold(
+                config, args.data, args.cache_dir, args.run_dir, args.only_fold,
+                pretrain_data(args),
+            )  # fmt: skip
             return 0
         name = args.name or f"cnmc-{config.architecture}-cnn"
         train_and_export(
@@ -176,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             do_cv=not args.no_cv,
             description=args.description,
             cv_from=args.cv_from,
+            pretrain_data=pretrain_data(args),
         )
         return 0
     if args.command == "promote":
@@ -206,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             n_boot=args.bootstrap,
             serving_ms=tuple(args.serving_ms) if args.serving_ms else None,
             runs_dir=args.runs_dir,
+            pretrain_data=pretrain_data(args),
         )
         return 0
     if args.command == "ship":
@@ -226,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
                 views=args.views,
             )
         )
+        return 0
+    if args.command == "pbc":
+        from training.pbc import segment_command
+
+        print(
+            segment_command(
+                args.pbc_data, args.ood_data, args.cache_dir, args.input_size,
+                args.crop_fraction, args.sheet,
+            )
+        )  # fmt: skip
         return 0
     if args.command == "throughput":
         from training.throughput import measure

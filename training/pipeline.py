@@ -23,6 +23,7 @@ from training.evaluate import (
 )
 from training.export import CITATION, DATASET, build_card, export_version
 from training.models import MeanEnsemble, with_dihedral_average
+from training.pretrain import PretrainData
 from training.splits import Split, cv_splits, final_split, subject_table
 from training.train import (
     ShipMode,
@@ -58,7 +59,13 @@ def split_counts(images: CachedImages, split: Split) -> dict[str, Any]:
     return out
 
 
-def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOutcome:
+def run_split(
+    config: TrainConfig,
+    images: CachedImages,
+    split: Split,
+    pretrain_data: PretrainData | None = None,
+    pretrain_seed: int | None = None,
+) -> FoldOutcome:
     masks = split.masks(images.subjects)
     train, val, test = (images.subset(masks[r]) for r in ("train", "validation", "test"))
     print(
@@ -66,7 +73,7 @@ def run_split(config: TrainConfig, images: CachedImages, split: Split) -> FoldOu
         f"test {len(test.labels)} images; test subjects: {', '.join(split.test) or '-'}",
         flush=True,
     )
-    result = train_model(config, train, val, label=split.name)
+    result = train_model(config, train, val, split.name, pretrain_data, pretrain_seed)
     if config.test_time_dihedral:
         result.model = with_dihedral_average(result.model, config.tta_views)
     p_val = predict_p_all(result.model, val)
@@ -98,6 +105,7 @@ def cross_validate(
     images: CachedImages,
     run_dir: Path,
     outcomes_out: list[FoldOutcome] | None = None,
+    pretrain_data: PretrainData | None = None,
 ) -> dict[str, Any]:
     """Leave-one-normal-donor-out CV; ``outcomes_out`` (if given) receives the fold models."""
     table = subject_table(images.subjects, images.labels)
@@ -106,7 +114,7 @@ def cross_validate(
     for split in cv_splits(
         table, fraction=config.validation_fraction, max_share=config.validation_max_share
     ):
-        o = run_split(config, images, split)
+        o = run_split(config, images, split, pretrain_data)
         outcomes.append(o)
         folds.append(
             {
@@ -184,6 +192,7 @@ def train_and_export(
     do_cv: bool = True,
     description: str = "",
     cv_from: Path | None = None,
+    pretrain_data: PretrainData | None = None,
 ) -> dict[str, Any]:
     """Load -> cross-validate -> shipped model -> plots and summary -> card -> export."""
     if config.ship == "cv_ensemble" and (cv_from is not None or not do_cv):
@@ -200,8 +209,8 @@ def train_and_export(
     if cv_from is not None:
         cv = reuse_cross_validation(config, images, cv_from, run_dir)
     elif do_cv:
-        cv = cross_validate(config, images, run_dir, fold_outcomes)
-    shipped = shipped_model(config, images, fold_outcomes)
+        cv = cross_validate(config, images, run_dir, fold_outcomes, pretrain_data)
+    shipped = shipped_model(config, images, fold_outcomes, pretrain_data)
     plot_shipped(shipped, config.ship, name, run_dir)
     summary = run_summary(config, name, images, shipped, data_info, time.monotonic() - t0)
     dump_json(summary, run_dir / "final.json")
@@ -279,13 +288,16 @@ def load_run_data(
 
 
 def shipped_model(
-    config: TrainConfig, images: CachedImages, fold_outcomes: list[FoldOutcome]
+    config: TrainConfig,
+    images: CachedImages,
+    fold_outcomes: list[FoldOutcome],
+    pretrain_data: PretrainData | None = None,
 ) -> FoldOutcome:
     """The model the run ships: the CV fold models averaged, or one fit on the final split."""
     table = subject_table(images.subjects, images.labels)
     if config.ship == "single":
         split = final_split(table, config.validation_fraction, config.validation_max_share)
-        return run_split(config, images, split)
+        return run_split(config, images, split, pretrain_data)
     shipped = ensemble_outcome(fold_outcomes, Split("cv_ensemble", tuple(sorted(table)), ()))
     check = shipped.validation["threshold_transfer"]
     print(
@@ -467,7 +479,12 @@ def threshold_transfer(outcomes: list[FoldOutcome]) -> dict[str, Any]:
 
 
 def probe_fold(
-    config: TrainConfig, data_root: Path, cache_dir: Path | None, run_dir: Path, fold: str
+    config: TrainConfig,
+    data_root: Path,
+    cache_dir: Path | None,
+    run_dir: Path,
+    fold: str,
+    pretrain_data: PretrainData | None = None,
 ) -> dict[str, Any]:
     """Train and score one CV fold only: a cheap look at a recipe (no final model, no export)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -477,7 +494,7 @@ def probe_fold(
         s.name: s
         for s in cv_splits(table, 3, config.validation_fraction, config.validation_max_share)
     }
-    outcome = run_split(config, images, splits[fold])
+    outcome = run_split(config, images, splits[fold], pretrain_data)
     result = {
         "config": config.to_dict(),
         "fold": fold,

@@ -94,6 +94,16 @@ class RecipeRun:
     cost: dict[str, float] = field(default_factory=dict)
 
 
+FOLD_SEED_STRIDE = 1000
+"""Fold ``k`` of repeat ``r`` trains with seed ``seed + FOLD_SEED_STRIDE * r + k``."""
+
+
+def repeat_seed(fold_seed: int) -> int:
+    """The seed the folds of one repeat share (fold seeds differ only below the stride, as
+    long as ``seed % FOLD_SEED_STRIDE + n_folds <= FOLD_SEED_STRIDE``)."""
+    return fold_seed - fold_seed % FOLD_SEED_STRIDE
+
+
 def run_recipe(
     name: str, fit_score: FitScore, cells: Cells, folds: NDArray[np.int64], seed: int = 0
 ) -> RecipeRun:
@@ -103,7 +113,8 @@ def run_recipe(
     for repeat in range(repeats):
         for k in np.unique(folds[repeat]):
             test = folds[repeat] == k
-            fold_scores, threshold = fit_score(~test, test, seed + 1000 * repeat + int(k))
+            fold_seed = seed + FOLD_SEED_STRIDE * repeat + int(k)
+            fold_scores, threshold = fit_score(~test, test, fold_seed)
             scores[repeat, test] = fold_scores
             thresholds[repeat, test] = threshold
     if np.isnan(scores).any():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from training.data import CachedImages, load_images
+from training.pretrain import PretrainData
 from training.protocol import (
     Cells,
     FitScore,
@@ -31,6 +32,7 @@ from training.protocol import (
     decide,
     paired_comparison,
     recipe_summary,
+    repeat_seed,
     repeated_subject_folds,
     run_recipe,
 )
@@ -52,13 +54,16 @@ def fit_score_for(
     images: CachedImages,
     cost: dict[str, float],
     models_dir: Path | None = None,
+    pretrain_data: PretrainData | None = None,
 ) -> FitScore:
     """Train ``config`` on the training subjects (validation subjects picked among them, as
     in every run), score the test cells; ``cost`` accumulates training and scoring times.
     With ``models_dir``, each fold model (before test-time views are wrapped around it) is
     saved as ``fold-seed<seed>.keras``, with its threshold and test subjects beside it, so
     calibration, the out-of-distribution check and an ensemble can be built from the very
-    models whose out-of-fold scores the protocol measured."""
+    models whose out-of-fold scores the protocol measured. With ``pretrain="pbc"``, the folds
+    of one repeat share one pretrained backbone (``repeat_seed``): it never sees C-NMC, so
+    sharing it leaks no test subject into any fold."""
     from training.pipeline import run_split
 
     table = subject_table(images.subjects, images.labels)
@@ -79,7 +84,9 @@ def fit_score_for(
         )
         split.check_disjoint()
         started = time.perf_counter()
-        outcome = run_split(replace(config, seed=seed), images, split)
+        outcome = run_split(
+            replace(config, seed=seed), images, split, pretrain_data, repeat_seed(seed)
+        )
         if models_dir is not None:
             models_dir.mkdir(parents=True, exist_ok=True)
             raw = getattr(outcome.result.model, "inner", outcome.result.model)
@@ -115,6 +122,7 @@ def run_or_reuse(
     folds: np.ndarray,
     seed: int,
     runs_dir: Path,
+    pretrain_data: PretrainData | None = None,
 ) -> RecipeRun:
     digest = config_digest(config, int(folds.max()) + 1, len(folds), seed, images.manifest_sha256)
     cached = runs_dir / f"{digest}.npz"
@@ -123,7 +131,7 @@ def run_or_reuse(
         print(f"[protocol] {name}: reusing {cached}", flush=True)
         return RecipeRun(name, saved["scores"], saved["thresholds"], json.loads(str(saved["cost"])))
     cost: dict[str, float] = {}
-    fit_score = fit_score_for(config, images, cost, runs_dir / digest)
+    fit_score = fit_score_for(config, images, cost, runs_dir / digest, pretrain_data)
     run = run_recipe(name, fit_score, cells, folds, seed)
     cost["seconds_per_epoch"] = cost.pop("seconds_per_epoch_sum") / cost["fits"]
     run.cost = cost
@@ -155,6 +163,7 @@ def compare_recipes(
     n_boot: int = 1000,
     serving_ms: tuple[float, float] | None = None,
     runs_dir: Path | None = None,
+    pretrain_data: PretrainData | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) both recipes on the same folds and seeds; write the report. Recipes'
     out-of-fold scores and fold models are kept in ``runs_dir`` (default ``<out>/runs``)."""
@@ -173,7 +182,9 @@ def compare_recipes(
             raise ValueError("the two recipes see different cells (data or dedupe changed)")
         assert folds is not None
         runs.append(
-            run_or_reuse(name, config, images, cells, folds, seed, runs_dir or out / "runs")
+            run_or_reuse(
+                name, config, images, cells, folds, seed, runs_dir or out / "runs", pretrain_data
+            )
         )
     assert cells is not None
     comparison = paired_comparison(cells, runs[0], runs[1], n_boot=n_boot, seed=seed)

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -24,10 +24,15 @@ from training.models import (
     spec_for,
 )
 
+if TYPE_CHECKING:
+    from training.pretrain import PretrainData
+
 OptimizerName = Literal["adam", "adamw"]  # "adam": the paper's
 # "best_val_auc": keep the weights of the epoch with the best validation AUC; "last": the
 # final epoch's (the paper trains a fixed 20 epochs)
 EpochSelection = Literal["best_val_auc", "last"]
+# "pbc": pretrain the conv blocks as a PBC cell-type classifier first (training/pretrain.py)
+Pretrain = Literal["none", "pbc"]
 # "single": ship one model trained on the final split; "cv_ensemble": ship the mean of the
 # cross-validation fold models, threshold chosen on their pooled out-of-fold predictions
 ShipMode = Literal["single", "cv_ensemble"]
@@ -62,23 +67,45 @@ class TrainConfig:
     ship: ShipMode = "single"
     validation_fraction: float = 0.15
     validation_max_share: float = 0.25
+    # Stain jitter in HED space (Tellez et al. 2019): each of haematoxylin, eosin and DAB is
+    # scaled by U(1-h, 1+h) and shifted by U(-h, h) per image; 0 = off (0.05 is "HED-light").
+    hed_jitter: float = 0.0
+    # Zoom by U(1-s, 1+s) about the centre; 0 = off. Off by default because cell size is a
+    # real feature (blasts are larger); a small s asks whether donor-to-donor size shifts hurt.
+    scale_jitter: float = 0.0
+    pretrain: Pretrain = "none"
+    pretrain_epochs: int = 10
 
     def __post_init__(self) -> None:
         check_choice("architecture", self.architecture, Architecture)
         check_choice("optimizer", self.optimizer, OptimizerName)
         check_choice("select_epoch", self.select_epoch, EpochSelection)
         check_choice("ship", self.ship, ShipMode)
+        check_choice("pretrain", self.pretrain, Pretrain)
+        if self.pretrain != "none" and self.architecture != "improved":
+            raise ValueError("pretrain needs the improved architecture (its conv blocks)")
+        if self.pretrain_epochs < 1:
+            raise ValueError("pretrain_epochs must be positive")
         if self.tta_views not in (1, 4, 8):
             raise ValueError(f"tta_views must be 1, 4 or 8, not {self.tta_views}")
         if self.epochs < 1 or self.batch_size < 1 or self.input_size < 1:
             raise ValueError("epochs, batch_size and input_size must be positive")
+        if not 0.0 <= self.hed_jitter < 1.0 or not 0.0 <= self.scale_jitter < 1.0:
+            raise ValueError("hed_jitter and scale_jitter must be in [0, 1)")
 
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec(self.architecture, self.input_size, self.crop_fraction)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except options added after recipes were cached and cards written that
+        are at their default (off): the dict, and so the protocol's config digest and the
+        cards, of every recipe that does not use them stay what they were."""
+        d = dataclasses.asdict(self)
+        for name in OMITTED_AT_DEFAULT:
+            if d[name] == _DEFAULTS[name]:
+                del d[name]
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -89,6 +116,10 @@ class TrainConfig:
         improved = dict(d.pop("improved", {}))
         improved |= {k: d.pop(k) for k in option_names & set(d)}
         return TrainConfig(**d, improved=ImprovedOptions(**improved))
+
+
+OMITTED_AT_DEFAULT = ("hed_jitter", "scale_jitter", "pretrain", "pretrain_epochs")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def paper_config(**overrides: Any) -> TrainConfig:
@@ -140,13 +171,48 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
     return tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], "SAME")[0]
 
 
-def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
+# skimage.color's rgb_from_hed (Ruifrok & Johnston): rows are the RGB optical densities of
+# haematoxylin, eosin and DAB; rgb2hed is its inverse on log intensities scaled by log(1e-6).
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+_LOG_ADJUST = float(np.log(1e-6))
+
+
+def hed_jitter(x: tf.Tensor, alpha: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+    """[..., 3] RGB in [0, 255] -> HED, ``hed * alpha + beta`` per channel, -> RGB.
+
+    The same transform as ``skimage.color.rgb2hed``/``hed2rgb`` except that stains are not
+    clipped at zero, so alpha=1, beta=0 gives the input back. Black (background) pixels are
+    the caller's to restore: in optical density they are a heavy stain, not an absence.
+    """
+    rgb = tf.maximum(x / 255.0, 1e-6)
+    hed = tf.linalg.matmul(
+        tf.reshape(tf.math.log(rgb) / _LOG_ADJUST, [-1, 3]),
+        tf.constant(HED_FROM_RGB, tf.float32),
+    )
+    hed = hed * tf.reshape(alpha, [1, 3]) + tf.reshape(beta, [1, 3])
+    log_rgb = tf.linalg.matmul(hed * _LOG_ADJUST, tf.constant(RGB_FROM_HED, tf.float32))
+    return tf.reshape(tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0) * 255.0, tf.shape(x))
+
+
+def zoom_about_centre(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """[S, S, C] scaled by ``factor`` about the centre, cropped or black-padded back to S."""
+    size = tf.shape(x)[0]
+    new = tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32)
+    scaled = tf.image.resize(x, [new, new], "bilinear", antialias=True)
+    return tf.image.resize_with_crop_or_pad(scaled, size, size)
+
+
+def make_augment(
+    blur_noise: bool, colour_jitter: float = 1.0, hed: float = 0.0, scale: float = 0.0
+) -> Any:
     def augment(
         pixels: tf.Tensor, label: tf.Tensor, weight: tf.Tensor, key: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Flips, 90-degree turns, mild colour gains. No zoom: cell size is a real feature.
+        """Flips, 90-degree turns, mild colour gains; optionally zoom and HED stain jitter.
 
-        Gains are multiplicative so the black background stays black. Optional blur and
+        Gains are multiplicative so the black background stays black; HED jitter and blur
+        re-apply the foreground mask for the same reason. Optional blur and
         noise blunt the per-donor focus/sensor differences a network can latch onto.
         Every random draw is stateless, seeded from ``key`` (one per element, from a seeded
         random dataset), so parallel mapping cannot reorder draws: same seed, same run.
@@ -162,6 +228,14 @@ def make_augment(blur_noise: bool, colour_jitter: float = 1.0) -> Any:
         x = tf.image.stateless_random_flip_left_right(x, seed(0))
         x = tf.image.stateless_random_flip_up_down(x, seed(1))
         x = tf.image.rot90(x, k=tf.random.stateless_uniform([], seed(2), 0, 4, dtype=tf.int32))
+        if scale > 0.0:
+            x = tf.ensure_shape(
+                zoom_about_centre(x, uniform(9, [], 1.0 - scale, 1.0 + scale)), x.shape
+            )
+        if hed > 0.0:
+            foreground = tf.cast(tf.reduce_max(x, axis=-1, keepdims=True) > 10.0, tf.float32)
+            alpha, beta = uniform(10, [3], 1.0 - hed, 1.0 + hed), uniform(11, [3], -hed, hed)
+            x = hed_jitter(x, alpha, beta) * foreground
         c = colour_jitter
         gain = uniform(3, [1, 1, 3], 1.0 - 0.1 * c, 1.0 + 0.1 * c) * uniform(
             4, [], 1.0 - 0.15 * c, 1.0 + 0.15 * c
@@ -190,6 +264,8 @@ def make_dataset(
     seed: int,
     blur_noise: bool = False,
     colour_jitter: float = 1.0,
+    hed: float = 0.0,
+    scale: float = 0.0,
 ) -> tf.data.Dataset:
     labels = images.labels.astype(np.float32)
     weights = (
@@ -202,7 +278,7 @@ def make_dataset(
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if augment:
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        fn = make_augment(blur_noise, colour_jitter)
+        fn = make_augment(blur_noise, colour_jitter, hed, scale)
         ds = tf.data.Dataset.zip((ds, keys)).map(
             lambda item, key: fn(*item, key),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -248,21 +324,43 @@ class Progress(keras.callbacks.Callback):  # type: ignore[misc]
         )
 
 
-def train_model(
-    config: TrainConfig, train: CachedImages, validation: CachedImages, label: str = "train"
-) -> TrainResult:
-    set_seed(config.seed)
-    model = make_model(config.spec, config.improved)
-    steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
+def make_optimizer(config: TrainConfig, steps: int) -> keras.optimizers.Optimizer:
     lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.cosine_decay:
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.02)
     if config.optimizer == "adam":
-        optimizer: keras.optimizers.Optimizer = keras.optimizers.Adam(lr)
-    else:
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+
+
+def train_model(
+    config: TrainConfig,
+    train: CachedImages,
+    validation: CachedImages,
+    label: str = "train",
+    pretrain_data: PretrainData | None = None,
+    pretrain_seed: int | None = None,
+) -> TrainResult:
+    """Fit ``config`` on ``train``; with ``pretrain="pbc"`` the conv blocks start from the
+    backbone pretrained on ``pretrain_data`` with ``pretrain_seed`` (default: the seed)."""
+    backbone_weights = None
+    if config.pretrain == "pbc":
+        from training.pretrain import pretrained_backbone
+
+        if pretrain_data is None:
+            raise ValueError("pretrain='pbc' needs pretrain_data (where the PBC cells are)")
+        seed = config.seed if pretrain_seed is None else pretrain_seed
+        # Before set_seed: a cache hit and a fresh pretraining leave the same random state.
+        backbone_weights, _ = pretrained_backbone(config, pretrain_data, seed)
+    set_seed(config.seed)
+    model = make_model(config.spec, config.improved)
+    if backbone_weights is not None:
+        from training.pretrain import load_backbone
+
+        load_backbone(model, backbone_weights)
+    steps = math.ceil(len(train.labels) / config.batch_size) * config.epochs
     model.compile(
-        optimizer=optimizer,
+        optimizer=make_optimizer(config, steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
         weighted_metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
         metrics=[keras.metrics.AUC(name="auc")],
@@ -280,6 +378,8 @@ def train_model(
         config.seed,
         config.blur_noise,
         config.colour_jitter,
+        config.hed_jitter,
+        config.scale_jitter,
     )
     val_ds = make_dataset(validation, 128, False, False, None, config.seed)
     progress = Progress(len(train.labels), config.epochs, config.select_epoch, label)
