@@ -311,9 +311,13 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+// OWASP's CSV-injection rule: spreadsheets run a cell that starts with = + - @ (or a TAB or
+// CR, which some strip before looking) as a formula, and file names come from the user's disk,
+// so such a cell gets a leading apostrophe and is read as text.
 function csvField(value) {
-  const text = String(value ?? "");
-  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  let text = String(value ?? "");
+  if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 function resultsCsv() {
