@@ -1,4 +1,4 @@
-"""Explain routes: classification plus a Grad-CAM heatmap per image (app/explain.py)."""
+"""Explain routes: classification plus a heatmap per image (app/explain.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 // Cell review page: classify one sample's cell images through the service's own API, show
 // them sorted by blast probability with out-of-distribution images set apart, explain any
-// cell on demand (Grad-CAM from /explain), and summarise the sample. Plain JS, no libraries.
+// cell on demand (the version's heatmap from /explain), and summarise the sample. Plain JS.
 "use strict";
 
 const BATCH = 8; // images per /v1/classify request: small enough to show steady progress
