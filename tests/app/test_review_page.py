@@ -4,6 +4,8 @@ by Selenium, against `python -m app` serving the committed models with an API ke
 Uploads 64 committed images (60 real C-NMC cells, 4 out-of-distribution photos), waits for the
 gallery and checks it against the API's own answer: order, labels, the summary's counts and
 Wilson interval, the OOD section with reasons, a heatmap shown, and the message for a wrong key.
+A second test drops 64 real cells as a DragEvent and checks the gallery, the CSV's defence
+against formula injection and the keyboard-only path, and prints drop-to-gallery seconds.
 Skipped without `chromium` and `chromium-driver` (.ci/run installs them). Selenium is given
 the driver's path, so Selenium Manager never runs (it would download a driver).
 """
