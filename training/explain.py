@@ -257,6 +257,8 @@ def block_outputs(network: keras.Model) -> list[layers.Layer]:
     return chosen
 
 
+# The path's images go through the network as one batch of IG_STEPS x views x N: the service
+# explains one image per call, so that batch stays small.
 IG_STEPS = 16
 
 
@@ -278,8 +280,6 @@ def integrated_gradients(network: keras.Model, batch: tf.Tensor) -> tuple[tf.Ten
 
 OCCLUSION_PATCH = 0.125  # of the model's input side
 OCCLUSION_STRIDE = 0.5  # of the patch
-
-
 OCCLUSION_CHUNK = 16  # occluded copies per model call, to bound memory
 
 
