@@ -1,12 +1,12 @@
 """Explanations: the version's ``explain`` signature, run apart from classification.
 
-Classification must not wait behind an explanation (a Grad-CAM pass costs a forward and a
-backward pass per image). Explanations therefore run in worker processes of their own
-(``LEUK_EXPLAIN_CONCURRENCY`` of them, started on first use) at the lowest CPU priority
-(nice 19) with one TensorFlow thread each: the kernel gives classification the cores whenever
-it wants them, which threads sharing the service's TensorFlow thread pool could not. A request
-that finds every worker busy is refused with 503 ``explain_busy`` instead of queueing. Each
-worker loads the version's SavedModel itself and keeps it.
+Classification must not wait behind an explanation (Grad-CAM costs a forward and a backward
+pass per image, Integrated Gradients 16 of each). Explanations therefore run in worker
+processes of their own (``LEUK_EXPLAIN_CONCURRENCY`` of them, started on first use) at the
+lowest CPU priority (nice 19) with one TensorFlow thread each: the kernel gives classification
+the cores whenever it wants them, which threads sharing the service's TensorFlow thread pool
+could not. A request that finds every worker busy is refused with 503 ``explain_busy``
+instead of queueing. Each worker loads the version's SavedModel itself and keeps it.
 """
 
 from __future__ import annotations

@@ -185,7 +185,10 @@ class ModelList(BaseModel):
 
 
 class Heatmap(BaseModel):
-    method: str = Field(description="'grad-cam' (see training/explain.py).")
+    method: str = Field(
+        description="How the map was computed, from the version's card: 'integrated-gradients', "
+        "'grad-cam', 'hires-cam', 'layer-cam' or 'occlusion' (see training/explain.py)."
+    )
     target_label: str = Field(description="The label the map explains: the predicted one.")
     png_base64: str = Field(description="PNG: the image with the map blended over it.")
     grid: list[list[float]] = Field(

@@ -114,6 +114,10 @@ class CardTraining(_Group):
     command: str
 
 
+# How the ``explain`` signature computes its map (training/explain.py says why each exists).
+ExplainMethod = Literal["grad-cam", "hires-cam", "layer-cam", "integrated-gradients", "occlusion"]
+
+
 class CardExplain(_Group):
     """The optional ``explain`` signature: class-activation maps from the same weights.
 
@@ -128,7 +132,7 @@ class CardExplain(_Group):
 
     signature: str = "explain"
     output_name: str = "class_activation"
-    method: Literal["grad-cam"] = "grad-cam"
+    method: ExplainMethod = "grad-cam"
     extends_version: int | None = Field(default=None, ge=1)
     extends_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     max_probability_difference: float | None = Field(default=None, ge=0.0)

@@ -21,6 +21,7 @@ from training.evaluate import (
     plot_curves,
     plot_roc,
 )
+from training.explain import ExplainableCellClassifier, explain_section
 from training.export import CITATION, DATASET, build_card, export_version
 from training.models import MeanEnsemble, with_dihedral_average
 from training.pretrain import PretrainData
@@ -257,11 +258,19 @@ def export_shipped(
             data=data,
             training=training,
             files=files,
-        )
+        ).model_copy(update={"explain": explain_section()})
 
     model = shipped.result.model
+    # The explain signature is written with the model, from the same weights (training/explain).
+    module = ExplainableCellClassifier(model, config.input_size, config.crop_fraction)
     return export_version(
-        model, model_store / name, config.input_size, config.crop_fraction, make_card, extras
+        model,
+        model_store / name,
+        config.input_size,
+        config.crop_fraction,
+        make_card,
+        extras,
+        module=module,
     )
 
 

@@ -1,4 +1,4 @@
-"""Explain routes: classification plus a Grad-CAM heatmap per image (app/explain.py)."""
+"""Explain routes: classification plus a heatmap per image (app/explain.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from app.api.deps import DataPlaneDep, RequestIdDep, SettingsDep
-from app.api.routes import _CLASSIFY_BODY, _CLASSIFY_ERRORS, _unless_client_leaves, _version
+from app.api.image_routes import CLASSIFY_BODY, CLASSIFY_ERRORS, path_version, unless_client_leaves
 from app.audit.api import audit_draft, begin_audit
 from app.errors import ExplainBusy, ExplainUnsupported, openapi_errors
 from app.explain import Explainer
@@ -32,8 +32,8 @@ ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 
 _DOC = dict(
     response_model=ExplainResponse,
-    responses={**_CLASSIFY_ERRORS, **openapi_errors(ExplainUnsupported, ExplainBusy)},
-    openapi_extra=_CLASSIFY_BODY,
+    responses={**CLASSIFY_ERRORS, **openapi_errors(ExplainUnsupported, ExplainBusy)},
+    openapi_extra=CLASSIFY_BODY,
 )
 
 
@@ -54,9 +54,8 @@ async def _explain(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
     )
     request.state.n_images = len(payloads)
-    result: ExplainResponse = await _unless_client_leaves(  # type: ignore[assignment]
-        request,
-        lambda: explainer.explain(model, payloads, request_id),  # type: ignore[arg-type,return-value]
+    result = await unless_client_leaves(
+        request, lambda: explainer.explain(model, payloads, request_id)
     )
     await audit.record_result(result)  # fail-closed: no record, no result
     return result
@@ -100,5 +99,5 @@ async def explain_version(
     request_id: RequestIdDep,
 ) -> ExplainResponse:
     return await _explain(
-        request, explainer, dataplane, settings, request_id, name, _version(version)
+        request, explainer, dataplane, settings, request_id, name, path_version(version)
     )

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import DataPlaneDep, MetricsDep, RequestIdDep, SettingsDep
+from app.api.image_routes import CLASSIFY_BODY, CLASSIFY_ERRORS, path_version, unless_client_leaves
 from app.audit.api import audit_draft, begin_audit, get_audit_trail
 from app.audit.trail import AuditTrail
 from app.errors import (
-    AuditUnavailable,
-    BodyTimeout,
-    ClientClosed,
-    DecodeMemoryBusy,
-    EmptyBody,
-    Forbidden,
-    ImageTooLarge,
-    InvalidImage,
-    InvalidMultipart,
-    InvalidReference,
-    MissingImages,
     ModelNotFound,
     ModelUnavailable,
     NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    RequestTooLargeDecoded,
-    ShuttingDown,
-    TooManyFiles,
-    TruncatedImage,
     Unauthorized,
-    UnexpectedField,
-    UnsupportedImageMode,
-    UnsupportedMediaType,
     VersionNotFound,
     openapi_errors,
 )
@@ -46,7 +23,6 @@ from app.protocols import negotiation
 from app.protocols.report import CallerReferences, ModelIdentity
 from app.schemas import ClassifyResponse, HealthSummary, Live, ModelInfo, ModelList, Ready
 from app.security import require_role
-from app.store import parse_version
 from app.uploads import read_images
 
 health = APIRouter(tags=["health"])
@@ -59,70 +35,6 @@ classify = APIRouter(
 operations = APIRouter(tags=["operations"])
 
 _AUTH = (Unauthorized,)
-_CLASSIFY_ERRORS = openapi_errors(
-    EmptyBody,
-    InvalidMultipart,
-    InvalidReference,
-    Unauthorized,
-    Forbidden,
-    ModelNotFound,
-    VersionNotFound,
-    PayloadTooLarge,
-    ImageTooLarge,
-    RequestTooLargeDecoded,
-    TooManyFiles,
-    UnsupportedMediaType,
-    InvalidImage,
-    TruncatedImage,
-    UnsupportedImageMode,
-    MissingImages,
-    UnexpectedField,
-    NotReady,
-    ModelUnavailable,
-    Overloaded,
-    ShuttingDown,
-    BodyTimeout,
-    DecodeMemoryBusy,
-    AuditUnavailable,
-)
-_CLASSIFY_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "Either multipart/form-data with one or more files in the field "
-        "`files` (or `file`), or the raw bytes of one image with an image Content-Type. "
-        "BMP, PNG, JPEG and TIFF are accepted.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "minItems": 1,
-                        }
-                    },
-                    "required": ["files"],
-                    # Other fields are refused (422 unexpected_field), not ignored.
-                    "additionalProperties": False,
-                }
-            },
-            **{
-                media: {"schema": {"type": "string", "format": "binary"}}
-                for media in ("image/bmp", "image/png", "image/jpeg", "image/tiff")
-            },
-        },
-    }
-}
-
-
-def _version(value: str) -> int:
-    version = parse_version(value)
-    if version is None:
-        raise VersionNotFound(f"Versions are positive integers, got {value[:20]!r}.")
-    return version
-
-
 # Routes that read the store from disk are plain ``def``: FastAPI runs them in its thread
 # pool, off the event loop.
 
@@ -205,7 +117,7 @@ def model_info(name: str, dataplane: DataPlaneDep) -> ModelInfo:
     responses=openapi_errors(Unauthorized, ModelNotFound, VersionNotFound, ModelUnavailable),
 )
 def model_version_info(name: str, version: str, dataplane: DataPlaneDep) -> ModelInfo:
-    return dataplane.model_info(name, _version(version))
+    return dataplane.model_info(name, path_version(version))
 
 
 @models.get(
@@ -241,7 +153,7 @@ async def _classify(
         request, settings.max_upload_bytes, settings.max_files, settings.body_timeout_seconds
     )
     request.state.n_images = len(payloads)
-    result = await _unless_client_leaves(
+    result = await unless_client_leaves(
         request, lambda: dataplane.classify(model, payloads, request_id, audit.note_decoded)
     )
     await audit.record_result(result)  # fail-closed: no record, no result
@@ -250,40 +162,10 @@ async def _classify(
     return negotiation.render_report(report_format, result, ModelIdentity.of(model), references)
 
 
-async def _unless_client_leaves(
-    request: Request, work: Callable[[], Awaitable[ClassifyResponse]]
-) -> ClassifyResponse:
-    """``work()``, cancelled if the client disconnects first (then 499 ``client_closed``, for
-    the log): nobody would read the answer, and its images still queued are never run."""
-    results: list[ClassifyResponse] = []
-    errors: list[Exception] = []
-    async with anyio.create_task_group() as watcher:
-        with anyio.CancelScope() as work_scope:
-            watcher.start_soon(_cancel_on_disconnect, request, work_scope)
-            try:
-                results.append(await work())
-            except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
-                errors.append(exc)
-        watcher.cancel_scope.cancel()
-    if errors:
-        raise errors[0]
-    if not results:
-        raise ClientClosed()
-    return results[0]
-
-
-async def _cancel_on_disconnect(request: Request, scope: anyio.CancelScope) -> None:
-    # The body has been read, so the next ASGI message is the disconnect (uvicorn sends it
-    # when the connection drops, or after the response).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
-
-
 _CLASSIFY_DOC = dict(
     response_model=ClassifyResponse,
-    responses={**_CLASSIFY_ERRORS, **negotiation.RESPONSES},
-    openapi_extra={**_CLASSIFY_BODY, **negotiation.OPENAPI},
+    responses={**CLASSIFY_ERRORS, **negotiation.RESPONSES},
+    openapi_extra={**CLASSIFY_BODY, **negotiation.OPENAPI},
 )
 
 
@@ -318,7 +200,7 @@ async def classify_version(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> ClassifyResponse | Response:
-    return await _classify(request, dataplane, settings, request_id, name, _version(version))
+    return await _classify(request, dataplane, settings, request_id, name, path_version(version))
 
 
 # --- operations --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field, ValidationError
 
 from app.api.deps import DataPlaneDep, RequestIdDep, SettingsDep
+from app.api.image_routes import path_version
 from app.audit.api import audit_draft, begin_audit
 from app.dataplane import DataPlane
 from app.errors import (
@@ -208,12 +209,6 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
 
-def _version(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise VersionNotFound(f"Versions are positive integers, got {value[:20]!r}.")
-    return int(value)
-
-
 def _metadata(dataplane: DataPlane, name: str, version: int | None) -> ModelMetadata:
     info = dataplane.model_info(name, version)
     n_labels = len(info.labels)
@@ -275,7 +270,7 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadata:
     responses=_METADATA_ERRORS,
 )
 def model_version_metadata(name: str, version: str, dataplane: DataPlaneDep) -> ModelMetadata:
-    return _metadata(dataplane, name, _version(version))
+    return _metadata(dataplane, name, path_version(version))
 
 
 def _ready(dataplane: DataPlane, name: str, version: int | None) -> JSONResponse:
@@ -313,7 +308,7 @@ async def model_ready(name: str, dataplane: DataPlaneDep) -> JSONResponse:
     responses={400: {"model": ModelReady}, **_METADATA_ERRORS},
 )
 async def model_version_ready(name: str, version: str, dataplane: DataPlaneDep) -> JSONResponse:
-    return _ready(dataplane, name, _version(version))
+    return _ready(dataplane, name, path_version(version))
 
 
 # --- infer ---------------------------------------------------------------------------------
@@ -379,7 +374,7 @@ async def infer_version(
     settings: SettingsDep,
     request_id: RequestIdDep,
 ) -> Response:
-    return await _infer(request, dataplane, settings, request_id, name, _version(version))
+    return await _infer(request, dataplane, settings, request_id, name, path_version(version))
 
 
 async def _infer(

@@ -1,6 +1,6 @@
 // Cell review page: classify one sample's cell images through the service's own API, show
 // them sorted by blast probability with out-of-distribution images set apart, explain any
-// cell on demand (Grad-CAM from /explain), and summarise the sample. Plain JS, no libraries.
+// cell on demand (the version's heatmap from /explain), and summarise the sample. Plain JS.
 "use strict";
 
 const BATCH = 8; // images per /v1/classify request: small enough to show steady progress
@@ -311,9 +311,13 @@ function download(name, type, text) {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+// OWASP's CSV-injection rule: spreadsheets run a cell that starts with = + - @ (or a TAB or
+// CR, which some strip before looking) as a formula, and file names come from the user's disk,
+// so such a cell gets a leading apostrophe and is read as text.
 function csvField(value) {
-  const text = String(value ?? "");
-  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+  let text = String(value ?? "");
+  if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 function resultsCsv() {

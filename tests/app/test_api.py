@@ -107,6 +107,10 @@ async def test_only_plain_ascii_versions_name_a_version(
         headers={"content-type": "image/png"},
     )
     assert_error(classify, 404, "version_not_found")
+    # The Open Inference Protocol routes parse the path parameter the same way (their
+    # errors have the protocol's shape, a message only).
+    oip = await client.get(f"/v2/models/tiny/versions/{version}")
+    assert oip.status_code == 404 and oip.json()["error"].startswith("Versions are positive")
     assert (await client.get("/v1/models/tiny/versions/1")).status_code == 200
 
 

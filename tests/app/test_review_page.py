@@ -4,6 +4,8 @@ by Selenium, against `python -m app` serving the committed models with an API ke
 Uploads 64 committed images (60 real C-NMC cells, 4 out-of-distribution photos), waits for the
 gallery and checks it against the API's own answer: order, labels, the summary's counts and
 Wilson interval, the OOD section with reasons, a heatmap shown, and the message for a wrong key.
+A second test drops 64 real cells as a DragEvent and checks the gallery, the CSV's defence
+against formula injection and the keyboard-only path, and prints drop-to-gallery seconds.
 Skipped without `chromium` and `chromium-driver` (.ci/run installs them). Selenium is given
 the driver's path, so Selenium Manager never runs (it would download a driver).
 """
@@ -179,3 +181,117 @@ def test_review_page_classifies_a_sample_and_explains_a_cell(
     if SCREENSHOT:
         shutil.copyfile(tmp_path / "review-page.png", REPO / SCREENSHOT)
     print(json.dumps({"cells": len(sample), "drop_to_gallery_seconds": seconds}))
+
+
+# Names a spreadsheet would run as formulas (OWASP's CSV-injection list); the page's CSV must
+# turn them into text. They are ordinary file names on a lab's disk.
+FORMULA_NAMES = ["=HYPERLINK(1).png", "+cmd.png", "-2+3.png", "@SUM(A1).png"]
+
+
+@pytest.fixture(scope="module")
+def dropped_sample(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """64 real cells: the committed C-NMC images repeated under different names."""
+    folder = tmp_path_factory.mktemp("dropped")
+    cells = [*CNMC_PNGS, CNMC_BMP]
+    paths = []
+    for i in range(64):
+        source = cells[i % len(cells)]
+        name = FORMULA_NAMES[i] if i < len(FORMULA_NAMES) else f"cell_{i:02d}{source.suffix}"
+        paths.append(folder / (Path(name).stem + source.suffix))
+        shutil.copyfile(source, paths[-1])
+    return paths
+
+
+# A drop as Chromium delivers it: a DragEvent whose DataTransfer holds File objects. The files
+# come from a hidden input that WebDriver filled from disk (scripts cannot read the disk), and a
+# MutationObserver notes when the page marks the gallery complete.
+_DROP = """
+const source = document.getElementById('drop-source');
+const transfer = new DataTransfer();
+for (const file of source.files) transfer.items.add(file);
+new MutationObserver((changes, observer) => {
+  if (document.body.dataset.complete) { window.doneAt = performance.now(); observer.disconnect(); }
+}).observe(document.body, {attributes: true});
+window.droppedAt = performance.now();
+document.getElementById('drop').dispatchEvent(
+  new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+return transfer.files.length;
+"""
+
+
+def test_dropped_files_fill_the_gallery_and_the_page_works_by_keyboard(
+    service_url: str, dropped_sample: list[Path], browser: Any
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, DEADLINE_S)
+    browser.get(f"{service_url}/ui/")
+    browser.execute_script(f"sessionStorage.setItem('leuk-api-key', {json.dumps(API_KEY)})")
+    browser.execute_script(
+        "const input = Object.assign(document.createElement('input'),"
+        " {type: 'file', multiple: true, id: 'drop-source'});"
+        "input.style.display = 'none'; document.body.append(input);"
+    )
+    source = browser.find_element(By.ID, "drop-source")
+    source.send_keys("\n".join(str(p) for p in dropped_sample))
+    assert browser.execute_script(_DROP) == len(dropped_sample)
+    wait.until(lambda d: d.execute_script("return window.doneAt !== undefined"))
+    seconds = browser.execute_script("return (window.doneAt - window.droppedAt) / 1000")
+    print(json.dumps({"dropped_cells": len(dropped_sample), "drop_to_gallery_seconds": seconds}))
+
+    expected = _api_answer(service_url, dropped_sample)
+    assert not any(r["out_of_distribution"] for r in expected)
+    cells = browser.find_elements(By.CSS_SELECTOR, "#gallery > li")
+    assert len(cells) == len(dropped_sample)
+    shown = [float(c.get_attribute("data-probability")) for c in cells]
+    want = sorted((r["blast_probability"] for r in expected), reverse=True)
+    assert shown == pytest.approx(want, abs=1e-5)
+    assert browser.find_element(By.ID, "progress-text").text.startswith("Done: 64 cells")
+
+    # The CSV: the formula-like names start with an apostrophe, nothing else does.
+    csv_rows = browser.execute_script("return resultsCsv()").strip().split("\n")[1:]
+    names = sorted(row.split(",")[0] for row in csv_rows)
+    assert sorted(f"'{Path(n).stem}{Path(n).suffix}" for n in FORMULA_NAMES) == [
+        n for n in names if n.startswith("'")
+    ]
+    assert not any(n[:1] in "=+-@" for n in names)
+    fields = browser.execute_script(
+        "return ['\\tx', '\\rx', 'a\\r', 'plain', '-1', 'a,b'].map(csvField)"
+    )
+    assert fields == ["'\tx", '"\'\rx"', '"a\r"', "plain", "'-1", '"a,b"']
+
+    # Keyboard only: Tab from the top reaches the drop zone, the file choosers, the downloads,
+    # each cell and its heatmap toggle, in reading order; Enter on the drop zone opens the file
+    # chooser (noted by a stub: a real chooser is a native dialog), Enter toggles a heatmap.
+    browser.execute_script(
+        "window.chooserOpened = 0;"
+        "document.getElementById('files').click = () => { window.chooserOpened += 1; };"
+    )
+
+    def press(key: str) -> None:  # to whatever has focus, as a keyboard does
+        ActionChains(browser).send_keys(key).perform()
+
+    browser.find_element(By.TAG_NAME, "h1").click()  # Tab starts from the top
+    visited = []
+    for _ in range(30):
+        press(Keys.TAB)
+        focused = browser.switch_to.active_element
+        visited.append(focused.get_attribute("id") or focused.get_attribute("class"))
+        if focused.get_attribute("class") == "heat-toggle":
+            break
+    assert visited[0] == "drop"
+    order = [name for name in visited if name in ("drop", "files", "dl-csv", "cell-open")]
+    assert order[:4] == ["drop", "files", "dl-csv", "cell-open"], visited
+    assert visited[-1] == "heat-toggle", visited
+    toggle = browser.switch_to.active_element
+    press(Keys.ENTER)
+    wait.until(lambda d: toggle.get_attribute("aria-pressed") == "true")
+    assert cells[0].find_element(By.TAG_NAME, "img").get_attribute("src").startswith("data:")
+
+    browser.execute_script("document.getElementById('drop').focus()")
+    press(Keys.ENTER)
+    press(Keys.SPACE)
+    assert browser.execute_script("return window.chooserOpened") == 2

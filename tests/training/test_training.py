@@ -230,6 +230,15 @@ def test_cv_ensemble_ships_the_fold_models_with_an_out_of_fold_threshold(
     assert check["consistent"] == (check["mean"]["balanced_accuracy"] >= 0.6)
     assert "Threshold transfer check" in (tmp_path / "run" / "report.md").read_text()
     assert card["training"]["config"]["ship"] == "cv_ensemble"
+    # The explain signature is written at export, from the same weights.
+    assert card["explain"]["method"] == "integrated-gradients"
+    loaded = tf.saved_model.load(summary["exported"])
+    raw = np.stack(
+        [decode_rgb(p) for p in sorted((cnmc_tiny / "training_data").rglob("*_all.bmp"))[:3]]
+    )
+    explained = loaded.signatures["explain"](images=tf.constant(raw))
+    served = loaded.signatures["serving_default"](images=tf.constant(raw))
+    np.testing.assert_allclose(explained["probabilities"], served["probabilities"], atol=1e-5)
     with pytest.raises(ValueError, match="fresh CV run"):
         train_and_export(config, cnmc_tiny, None, tmp_path / "r2", store, "x", do_cv=False)
 
