@@ -316,10 +316,13 @@ class Progress(keras.callbacks.Callback):  # type: ignore[misc]
             self.best_auc, self.best_epoch = val_auc, epoch + 1
             self.best_weights = self.model.get_weights()
         eta = (self.epochs - epoch - 1) * float(np.mean(self.epoch_seconds))
+        val = ""
+        if "val_loss" in logs:  # pretraining has no validation set
+            val = f"val_loss {logs['val_loss']:.4f} val_auc {val_auc:.3f} "
         print(
             f"[{self.label}] epoch {epoch + 1}/{self.epochs} loss {logs.get('loss', 0):.4f} "
-            f"acc {logs.get('accuracy', 0):.3f} val_loss {logs.get('val_loss', 0):.4f} "
-            f"val_auc {val_auc:.3f} | {dt:.1f} s, {self.n_train / dt:.0f} img/s, ETA {eta:.0f} s",
+            f"acc {logs.get('accuracy', 0):.3f} {val}"
+            f"| {dt:.1f} s, {self.n_train / dt:.0f} img/s, ETA {eta:.0f} s",
             flush=True,
         )
 
