@@ -115,6 +115,8 @@ def feature_geometry(network: keras.Model, feature: layers.Layer) -> tuple[float
 
 def networks_of(model: keras.Model) -> list[tuple[keras.Model, int]]:
     """The plain networks inside a shipped model and each one's number of test-time views."""
+    if hasattr(model, "networks"):  # training.shipping.CalibratedEnsemble
+        return list(model.networks())
     members = model.members if isinstance(model, MeanEnsemble) else [model]
     out = []
     for member in members:
@@ -350,6 +352,19 @@ def restore_shipped(version_dir: Path) -> tuple[keras.Model, TrainConfig, ModelC
         network = make_model(config.spec, config.improved)
         _restore_by_index(network, variables, prefix)
         networks.append(network)
+    if card.calibration is not None and "member_threshold_0" in card.calibration.parameters:
+        # A calibrated ensemble (training/shipping.py): its maps and probabilities need the
+        # members, their thresholds and the Platt map, all in the card; the OOD fits are not
+        # needed for explanations.
+        from training.shipping import CalibratedEnsemble
+
+        q = card.calibration.parameters
+        thresholds = [q[f"member_threshold_{i}"] for i in range(len(networks))]
+        return (
+            CalibratedEnsemble(networks, thresholds, q["a"], q["b"], views=int(q["views"])),
+            config,
+            card,
+        )
     if config.test_time_dihedral:
         networks = [with_dihedral_average(n, config.tta_views) for n in networks]
     model = networks[0] if len(networks) == 1 else MeanEnsemble(networks)

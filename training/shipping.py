@@ -27,7 +27,9 @@ import numpy as np
 import tensorflow as tf
 from numpy.typing import NDArray
 
-from training.export import IMAGES_SPEC, CellClassifier
+from contract.card import ExplainMethod as Method
+from training.explain import DEFAULT_METHOD, ExplainableCellClassifier, explain_section
+from training.export import IMAGES_SPEC
 from training.models import dihedral_views
 from training.ood import FloatArray, GaussianFit, MahalanobisScore, MemberScores, feature_head
 from training.preprocess import resize_for_model
@@ -101,6 +103,10 @@ class CalibratedEnsemble(keras.Model):  # type: ignore[misc]
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.calibrated(self._member_outputs(x))[:, None]
 
+    def networks(self) -> list[tuple[keras.Model, int]]:
+        """The plain member networks and their test-time views (for training/explain.py)."""
+        return [(m, self.views) for m in self.members]
+
     def with_ood(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """([N] calibrated P(all), [N] OOD score) from one pass through the members."""
         outputs = self._member_outputs(x)
@@ -134,11 +140,26 @@ def out_of_fold(members: list[MemberScores], n_cells: int) -> OutOfFold:
     return OutOfFold(z, ood, fold, members)
 
 
-class ShippedClassifier(CellClassifier):
-    """The exported module: calibrated probabilities and the OOD score from one pass."""
+class ShippedClassifier(ExplainableCellClassifier):
+    """The exported module: calibrated probabilities and the OOD score from one pass, and the
+    ``explain`` signature: the members' maps (training/explain.py's method, of each member's
+    own P(all), averaged; calibration is monotone, so the direction is the ensemble's) with
+    the same calibrated probabilities and OOD score as ``serve``."""
 
-    def __init__(self, model: CalibratedEnsemble, input_size: int, crop_fraction: float) -> None:
-        super().__init__(model, input_size, crop_fraction)
+    def __init__(
+        self,
+        model: CalibratedEnsemble,
+        input_size: int,
+        crop_fraction: float,
+        method: Method = DEFAULT_METHOD,
+    ) -> None:
+        super().__init__(model, input_size, crop_fraction, method)
+
+    @tf.function(input_signature=[IMAGES_SPEC], autograph=False)  # type: ignore[untyped-decorator]
+    def explain(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        maps = ExplainableCellClassifier.explain.python_function(self, images)
+        out = ShippedClassifier.serve.python_function(self, images)
+        return {**out, "class_activation": maps["class_activation"]}
 
     @tf.function(input_signature=[IMAGES_SPEC], autograph=False)  # type: ignore[untyped-decorator]
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -346,6 +367,7 @@ def ship(
         )  # fmt: skip
         return card.model_copy(
             update={
+                "explain": explain_section(DEFAULT_METHOD),
                 "ood_check": CardOODCheck(
                     threshold=result.ood_threshold,
                     method=OOD_METHOD,
@@ -358,7 +380,12 @@ def ship(
                 ),
                 "calibration": CardCalibration(
                     method="platt on the members' threshold-centred logits",
-                    parameters={"a": result.a, "b": result.b},
+                    parameters={
+                        "a": result.a,
+                        "b": result.b,
+                        "views": float(views),
+                        **{f"member_threshold_{i}": m.threshold for i, m in enumerate(members)},
+                    },
                     applied="in_graph",
                     ece_before=round(result.ece_before, 4),
                     ece_after=round(result.ece_after, 4),
