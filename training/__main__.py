@@ -58,6 +58,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, dest=f.name, default=None, type=kind)
 
 
+def add_cells_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the cells of runs cached without their subjects and labels are read from."""
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cnmc"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache of recipes' out-of-fold scores and fold models, shared between "
         "comparisons (default: <out>/runs)",
     )  # fmt: skip
+    cal = sub.add_parser(
+        "calibration",
+        help="out-of-fold calibration (ECE, reliability diagram, maps) of a cached protocol run",
+    )
+    cal.add_argument("run", type=Path, help="a recipe's <digest>.npz from a protocol runs dir")
+    cal.add_argument("--out", type=Path, required=True)
+    add_cells_flags(cal)
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -187,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             serving_ms=tuple(args.serving_ms) if args.serving_ms else None,
             runs_dir=args.runs_dir,
         )
+        return 0
+    if args.command == "calibration":
+        from training.study import write_calibration
+
+        result = write_calibration(args.run, args.out, args.data, args.cache_dir)
+        print(json.dumps(result["ece"], indent=1))
         return 0
     if args.command == "throughput":
         from training.throughput import measure

@@ -255,3 +255,22 @@ def write_comparison(
     (out / "comparison.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report, flush=True)
     return result
+
+
+def write_calibration(run_file: Path, out: Path, data: Path, cache_dir: Path) -> dict[str, Any]:
+    """Calibration of one cached run (``training/calibration.py``): ``calibration.json``
+    (out-of-fold ECE before/after, the maps to export) and ``reliability.png`` in ``out``."""
+    from training.calibration import calibration_study, reliability_diagram
+
+    cached = read_cached_run(run_file)
+    study = calibration_study(cells_of(cached, data, cache_dir), cached.run)
+    out.mkdir(parents=True, exist_ok=True)
+    reliability_diagram(
+        study["probabilities"],
+        study["labels"],
+        out / "reliability.png",
+        f"{run_file.stem}: out-of-fold, calibration cross-fitted over folds",
+    )
+    result = {k: study[k] for k in ("ece", "final", "platt_threshold")}
+    (out / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
