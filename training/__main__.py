@@ -140,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("run", type=Path, help="a recipe's <digest>.npz from a protocol runs dir")
     cal.add_argument("--out", type=Path, required=True)
     add_cells_flags(cal)
+    table = sub.add_parser(
+        "study-table",
+        help="one table of every recipe cached in a protocol runs dir, paired with a base",
+    )
+    table.add_argument("--runs-dir", type=Path, required=True)
+    table.add_argument(
+        "--base", required=True, help="the base run's digest, or a config JSON matching one run"
+    )
+    table.add_argument("--out", type=Path, required=True, help="the markdown report")
+    table.add_argument(
+        "--serving-ms", type=Path, default=None,
+        help="JSON {digest: serving CPU ms/image}; recipes not in it get a blank cell",
+    )  # fmt: skip
+    table.add_argument("--bootstrap", type=int, default=1000)
+    table.add_argument("--seed", type=int, default=0)
+    add_cells_flags(table)
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -206,6 +222,21 @@ def main(argv: list[str] | None = None) -> int:
 
         result = write_calibration(args.run, args.out, args.data, args.cache_dir)
         print(json.dumps(result["ece"], indent=1))
+        return 0
+    if args.command == "study-table":
+        from training.study_table import write_study_table
+
+        write_study_table(
+            args.runs_dir,
+            args.base,
+            args.out,
+            args.data,
+            args.cache_dir,
+            args.serving_ms,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+        )
+        print(args.out.read_text(), flush=True)
         return 0
     if args.command == "throughput":
         from training.throughput import measure

@@ -5,7 +5,8 @@
 
 ``base.json``/``challenger.json`` hold a ``TrainConfig`` (the ``config`` of a run's
 config.json, or a bare dict). Each recipe's out-of-fold scores are kept in
-``<out>/runs/<config digest>.npz`` with its costs, so a recipe already run with the same
+``<out>/runs/<config digest>.npz`` with its thresholds, folds, cells (subjects and labels),
+costs and config (``save_run``), so a recipe already run with the same
 folds, seeds and data is not trained again when it meets another challenger. The report is
 ``<out>/report.md`` plus ``<out>/comparison.json``.
 """
@@ -126,18 +127,24 @@ def run_or_reuse(
     run = run_recipe(name, fit_score, cells, folds, seed)
     cost["seconds_per_epoch"] = cost.pop("seconds_per_epoch_sum") / cost["fits"]
     run.cost = cost
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_run(cached, run, config, cells)
+    return run
+
+
+def save_run(path: Path, run: RecipeRun, config: TrainConfig, cells: Cells) -> None:
+    """A recipe's out-of-fold result with everything needed to analyse it again: its folds
+    and cells (so the analysis needs no data set), its cost and its config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
-        cached,
+        path,
         scores=run.scores,
         thresholds=run.thresholds,
-        folds=folds,
+        folds=run.fold_index(),
         subjects=cells.subjects,
         labels=cells.labels,
-        cost=json.dumps(cost),
+        cost=json.dumps(run.cost),
         config=json.dumps(config.to_dict(), default=str),
     )
-    return run
 
 
 @dataclass(frozen=True)

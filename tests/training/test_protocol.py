@@ -149,6 +149,12 @@ def test_compare_recipes_on_real_training_writes_a_report_and_reuses_runs(
     assert set(result["comparison"]["roc_auc"]) >= {"base", "wider", "difference", "ci95"}
     assert result["costs"]["base"]["fits"] == 2 and result["costs"]["wider"]["fits"] == 2
     assert "| roc_auc |" in (out / "report.md").read_text()
+    from training.study import read_cached_run
+
+    for run_file in (out / "runs").glob("*.npz"):  # analysable again without the data set
+        cached = read_cached_run(run_file)
+        assert cached.cells is not None and cached.run.folds is not None
+        assert cached.run.folds.shape == cached.run.scores.shape == (1, len(cached.cells.labels))
 
     def no_training(*_: object) -> None:
         raise AssertionError("a cached recipe was trained again")
