@@ -124,13 +124,28 @@ def cross_fitted(
     return out
 
 
+def final_calibration(
+    labels: NDArray[np.int64], run: RecipeRun, method: Method = "platt"
+) -> dict[str, Any]:
+    """The map to export with the model: fitted on every out-of-fold cell of every repeat,
+    applied by the service to ``z = logit(P(ALL)) - logit(threshold)`` of the shipped model
+    (e.g. ``{"method": "platt", "a": ..., "b": ...}``; its decision threshold on the
+    calibrated probability is ``calibrated_threshold``, ``sigmoid(b)`` for Platt)."""
+    z = centred_logits(run.scores, run.thresholds)
+    return fit_calibration(method, z.ravel(), np.tile(labels, len(z)))
+
+
 def calibration_study(cells: Cells, run: RecipeRun) -> dict[str, Any]:
-    """Out-of-fold ECE (cell- and subject-weighted, averaged over repeats) of the raw scores
-    and of each method cross-fitted over folds; the final maps fitted on all out-of-fold
-    cells of every repeat; and the pooled probabilities for a reliability diagram."""
+    """Out-of-fold ECE (cell- and subject-weighted, averaged over repeats) of the raw scores,
+    of ``sigmoid(z)`` (centred, not fitted: each fold's threshold at 0.5) and of each method
+    cross-fitted over folds; the final maps (``final_calibration``); and the pooled
+    probabilities for a reliability diagram."""
     y, by_subject = cells.labels, subject_weights(cells.subjects)
     z = centred_logits(run.scores, run.thresholds)
-    probabilities: dict[str, list[FloatArray]] = {"raw": list(run.scores)}
+    probabilities: dict[str, list[FloatArray]] = {
+        "raw": list(run.scores),
+        "centred": [sigmoid(z_r) for z_r in z],
+    }
     for method in METHODS:
         probabilities[method] = [
             cross_fitted(method, z_r, y, folds_r)
@@ -145,21 +160,21 @@ def calibration_study(cells: Cells, run: RecipeRun) -> dict[str, Any]:
         }
         for name, ps in probabilities.items()
     }
-    pooled_y = np.tile(y, len(z))
-    final = {method: fit_calibration(method, z.ravel(), pooled_y) for method in METHODS}
+    final = {method: final_calibration(y, run, method) for method in METHODS}
     return {
         "ece": ece,
         "final": final,
         "platt_threshold": calibrated_threshold(final["platt"]),
         "probabilities": {name: np.concatenate(ps) for name, ps in probabilities.items()},
-        "labels": pooled_y,
+        "labels": np.tile(y, len(z)),
     }
 
 
 def reliability_diagram(
     probabilities: dict[str, FloatArray], y: NDArray[np.int64], path: Path, title: str
 ) -> None:
-    """Observed ALL fraction against mean predicted probability per bin, one curve each."""
+    """Observed ALL fraction against mean predicted probability per bin, one curve each;
+    a marker's area grows with its bin's share of the cells (sparse bins jump about)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -171,7 +186,13 @@ def reliability_diagram(
         confidence, observed, total = reliability_bins(p, y)
         filled = total > 0
         ece = expected_calibration_error(p, y)
-        axes.plot(confidence[filled], observed[filled], marker="o", label=f"{name} (ECE {ece:.3f})")
+        (line,) = axes.plot(
+            confidence[filled], observed[filled], linewidth=1, label=f"{name} (ECE {ece:.3f})"
+        )
+        share = total[filled] / total.sum()
+        axes.scatter(
+            confidence[filled], observed[filled], s=4 + 400 * share, color=line.get_color()
+        )
     axes.set(xlabel="predicted P(ALL)", ylabel="observed ALL fraction", xlim=(0, 1), ylim=(0, 1))
     axes.set_title(title, fontsize=9)
     axes.legend(loc="lower right", fontsize=8)

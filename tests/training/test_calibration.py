@@ -121,5 +121,5 @@ def test_write_calibration_of_a_cached_run(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "reliability.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "out" / "calibration.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert set(saved["ece"]) == {"raw", "platt", "isotonic"}
+    assert set(saved["ece"]) == {"raw", "centred", "platt", "isotonic"}
     assert saved["final"]["platt"]["method"] == "platt"
