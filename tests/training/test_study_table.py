@@ -72,3 +72,35 @@ def test_study_table_pairs_what_it_can_and_skips_the_rest(tmp_path: Path) -> Non
     cache_run(runs, "eeee", BASE, cells, 0.3, folds, 10.0)  # the same config twice
     with pytest.raises(ValueError, match="matches 2 cached runs"):
         write_study_table(runs, str(base_json), out, tmp_path, tmp_path, n_boot=10)
+
+
+def test_runs_cached_without_cells_or_folds_read_them_from_the_data(
+    cnmc_tiny: Path, tmp_path: Path
+) -> None:
+    """Older runs hold only scores, thresholds, cost and config: the cells come from
+    ``load_images`` and each fold is the set of cells sharing a threshold."""
+    from training.data import load_images
+
+    images = load_images(cnmc_tiny, BASE.input_size, BASE.crop_fraction, tmp_path / "cache")
+    cells = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
+    folds = repeated_subject_folds(cells, 2, 1)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for digest, config, signal in (("old1", BASE, 0.5), ("old2", strong_config(), 2.0)):
+        rng = np.random.default_rng(len(digest) + int(signal))
+        latent = signal * cells.labels + rng.normal(0, 1, len(cells.labels))
+        np.savez(
+            runs / f"{digest}.npz",
+            scores=1 / (1 + np.exp(-latent))[None],
+            thresholds=np.where(folds == 0, 0.41, 0.62) + signal / 100,
+            cost=json.dumps({"seconds_per_epoch": 5.0}),
+            config=json.dumps(config.to_dict(), default=str),
+        )
+    out = tmp_path / "report.md"
+    rows = write_study_table(runs, "old1", out, cnmc_tiny, tmp_path / "cache", n_boot=20)
+    assert [row["digest"] for row in rows] == ["old1", "old2"]
+    assert "epochs=24, input_size=128" in out.read_text()
+
+
+def strong_config() -> TrainConfig:
+    return dataclasses.replace(BASE, input_size=128, epochs=24)
