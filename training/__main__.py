@@ -73,6 +73,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, dest=f.name, default=None, type=kind)
 
 
+def add_cells_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the cells of runs cached without their subjects and labels are read from."""
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cnmc"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
     pbc.add_argument("--input-size", type=int, default=128)
     pbc.add_argument("--crop-fraction", type=float, default=0.75)
     pbc.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
+    cal = sub.add_parser(
+        "calibration",
+        help="out-of-fold calibration (ECE, reliability diagram, maps) of a cached protocol run",
+    )
+    cal.add_argument("run", type=Path, help="a recipe's <digest>.npz from a protocol runs dir")
+    cal.add_argument("--out", type=Path, required=True)
+    add_cells_flags(cal)
+    table = sub.add_parser(
+        "study-table",
+        help="one table of every recipe cached in a protocol runs dir, paired with a base",
+    )
+    table.add_argument("--runs-dir", type=Path, required=True)
+    table.add_argument(
+        "--base", required=True, help="the base run's digest, or a config JSON matching one run"
+    )
+    table.add_argument("--out", type=Path, required=True, help="the markdown report")
+    table.add_argument(
+        "--serving-ms", type=Path, default=None,
+        help="JSON {digest: serving CPU ms/image}; recipes not in it get a blank cell",
+    )  # fmt: skip
+    table.add_argument("--bootstrap", type=int, default=1000)
+    table.add_argument("--seed", type=int, default=0)
+    add_cells_flags(table)
     pred = sub.add_parser("predict", help="classify image files with an exported version")
     pred.add_argument("version_dir", type=Path, help="e.g. model_store/cnmc-improved-cnn/1")
     pred.add_argument("files", type=Path, nargs="+")
@@ -266,6 +295,26 @@ def main(argv: list[str] | None = None) -> int:
                 args.crop_fraction, args.sheet,
             )
         )  # fmt: skip
+    if args.command == "calibration":
+        from training.study import write_calibration
+
+        result = write_calibration(args.run, args.out, args.data, args.cache_dir)
+        print(json.dumps(result["ece"], indent=1))
+        return 0
+    if args.command == "study-table":
+        from training.study_table import write_study_table
+
+        write_study_table(
+            args.runs_dir,
+            args.base,
+            args.out,
+            args.data,
+            args.cache_dir,
+            args.serving_ms,
+            n_boot=args.bootstrap,
+            seed=args.seed,
+        )
+        print(args.out.read_text(), flush=True)
         return 0
     if args.command == "throughput":
         from training.throughput import measure

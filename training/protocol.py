@@ -13,14 +13,27 @@ the out-of-fold scores of every repeat and averaged over repeats. The 2.5th and 
 percentiles of the recipe difference form its 95% interval.
 
 Decision rule (``decide``): a challenger replaces the default only when the interval of the
-paired ROC AUC difference lies above zero and balanced accuracy is not worse (its interval's
-upper end above zero), or when the AUC interval contains zero and the challenger is cheaper
-to serve.
+paired ROC AUC difference (threshold-centred, see below) lies above zero and balanced
+accuracy is not worse (its interval's upper end above zero), or when the AUC interval
+contains zero and the challenger is cheaper to serve.
 
-Metrics, per cell: ROC AUC (threshold-free), balanced accuracy and weighted F1 at each fold's
-own threshold (chosen by the recipe on its training subjects). Per subject: the out-of-fold
-blast fraction (share of its cells called ``all``) and the subject-level ROC AUC of that
-fraction against the subject's diagnosis.
+Metrics, per cell: ROC AUC, balanced accuracy and weighted F1 at each fold's own threshold
+(chosen by the recipe on its training subjects). Per subject: the out-of-fold blast fraction
+(share of its cells called ``all``) and the subject-level ROC AUC of that fraction against
+the subject's diagnosis.
+
+Three ROC AUCs, because pooling out-of-fold scores mixes fold models whose scores sit on
+different scales (one fold's model puts its threshold at 0.40, another's at 0.93):
+
+- ``roc_auc`` (primary, used by ``decide``): pooled AUC of the *threshold-centred* logit
+  ``z = logit(score) - logit(fold threshold)``. Each fold's scores are shifted so that its
+  own decision point sits at zero; the shift comes from the fold's validation subjects,
+  never from test labels. It asks what a deployed model needs: does one cut rank cells of
+  unseen subjects, whichever training set the model came from.
+- ``roc_auc_pooled_raw``: pooled AUC of the raw scores, which penalises a recipe for
+  fold-to-fold scale differences that its own thresholds already correct.
+- ``roc_auc_fold_mean``: mean of the per-fold AUCs (ranking within a fold only; each fold
+  holds few subjects, so it is noisy, and it ignores whether folds agree at all).
 """
 
 from __future__ import annotations
@@ -33,7 +46,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
-METRICS = ("roc_auc", "balanced_accuracy", "weighted_f1", "subject_auc")
+METRICS = (
+    "roc_auc",
+    "roc_auc_pooled_raw",
+    "roc_auc_fold_mean",
+    "balanced_accuracy",
+    "weighted_f1",
+    "subject_auc",
+)
+# Scores of exactly 0 or 1 (float32 sigmoids saturate) would have infinite logits.
+_LOGIT_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -84,14 +106,39 @@ def repeated_subject_folds(
     return folds
 
 
+def logit(p: FloatArray | float) -> FloatArray:
+    q = np.clip(np.asarray(p, dtype=np.float64), _LOGIT_EPS, 1 - _LOGIT_EPS)
+    return np.asarray(np.log(q) - np.log1p(-q))
+
+
+def centred_logits(scores: FloatArray, thresholds: FloatArray) -> FloatArray:
+    """``logit(score) - logit(threshold)``: each fold model's scores on one scale, with its
+    own decision point at 0 (``z >= 0`` exactly when ``score >= threshold``, up to the
+    clipping of saturated scores)."""
+    return logit(scores) - logit(thresholds)
+
+
 @dataclass
 class RecipeRun:
-    """Out-of-fold scores of one recipe: ``[repeats, n_cells]`` scores and thresholds."""
+    """Out-of-fold scores of one recipe: ``[repeats, n_cells]`` scores and thresholds, and
+    the fold of every cell in each repeat (``folds``; ``None`` for runs cached without it,
+    whose folds are recovered from the thresholds, see ``fold_index``)."""
 
     name: str
     scores: FloatArray
     thresholds: FloatArray
     cost: dict[str, float] = field(default_factory=dict)
+    folds: NDArray[np.int64] | None = None
+
+    def fold_index(self) -> NDArray[np.int64]:
+        """``[repeats, n_cells]`` fold of each cell. Without saved folds, cells that share
+        a threshold share a fold model: every fold model chose its own threshold, so two
+        folds merge only if their thresholds are bit-identical."""
+        if self.folds is not None:
+            return self.folds
+        return np.stack(
+            [np.unique(t, return_inverse=True)[1].astype(np.int64) for t in self.thresholds]
+        )
 
 
 FOLD_SEED_STRIDE = 1000
@@ -119,7 +166,7 @@ def run_recipe(
             thresholds[repeat, test] = threshold
     if np.isnan(scores).any():
         raise ValueError(f"recipe {name}: some cells were never scored")
-    return RecipeRun(name, scores, thresholds)
+    return RecipeRun(name, scores, thresholds, folds=folds.astype(np.int64))
 
 
 # --- weighted metrics (weights = how often a cell's subject was drawn) -------------------
@@ -202,11 +249,19 @@ def recipe_metrics(
         weights_by_subject = np.array([subject_weight.get(str(s), 0.0) for s in index.subjects])
     w = weights_by_subject[index.cell_subject]
     out: dict[str, list[float]] = {m: [] for m in METRICS}
-    for scores, thresholds in zip(run.scores, run.thresholds, strict=True):
+    y = cells.labels
+    for scores, thresholds, folds in zip(run.scores, run.thresholds, run.fold_index(), strict=True):
         pred = scores >= thresholds
-        out["roc_auc"].append(weighted_auc(cells.labels, scores, w))
-        out["balanced_accuracy"].append(weighted_balanced_accuracy(cells.labels, pred, w))
-        out["weighted_f1"].append(weighted_f1(cells.labels, pred, w))
+        out["roc_auc"].append(weighted_auc(y, centred_logits(scores, thresholds), w))
+        out["roc_auc_pooled_raw"].append(weighted_auc(y, scores, w))
+        per_fold = [
+            weighted_auc(y[f], scores[f], w[f]) for f in (folds == k for k in np.unique(folds))
+        ]
+        # A bootstrap draw can leave a fold without one class: that fold has no AUC.
+        finite = [a for a in per_fold if np.isfinite(a)]
+        out["roc_auc_fold_mean"].append(float(np.mean(finite)) if finite else float("nan"))
+        out["balanced_accuracy"].append(weighted_balanced_accuracy(y, pred, w))
+        out["weighted_f1"].append(weighted_f1(y, pred, w))
         called = np.bincount(
             index.cell_subject, weights=pred.astype(float), minlength=len(index.subjects)
         )
@@ -248,12 +303,30 @@ def recipe_summary(
     return {m: {"value": point[m], "ci95": interval([b[m] for b in boots])} for m in METRICS}
 
 
+def why_unpaired(base: RecipeRun, challenger: RecipeRun) -> str | None:
+    """Why two runs cannot be compared cell by cell, or ``None`` when they can: they need the
+    same repeats and cells, and the same subjects in each fold of each repeat. Folds
+    recovered from thresholds may merge two folds of one run (identical thresholds), so a
+    partition that is a coarsening of the other's still counts as the same."""
+    if base.scores.shape != challenger.scores.shape:
+        return (
+            f"{base.scores.shape[0]} vs {challenger.scores.shape[0]} repeats of "
+            f"{base.scores.shape[1]} vs {challenger.scores.shape[1]} cells"
+        )
+    for repeat, (a, b) in enumerate(zip(base.fold_index(), challenger.fold_index(), strict=True)):
+        joint = len(np.unique(np.stack([a, b]), axis=1).T)
+        if joint != max(len(np.unique(a)), len(np.unique(b))):
+            return f"different fold assignment in repeat {repeat}"
+    return None
+
+
 def paired_comparison(
     cells: Cells, base: RecipeRun, challenger: RecipeRun, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """challenger - base per metric, with a 95% interval from the same subject draws."""
-    if base.scores.shape != challenger.scores.shape:
-        raise ValueError("paired runs need the same repeats and cells")
+    reason = why_unpaired(base, challenger)
+    if reason is not None:
+        raise ValueError(f"paired runs need the same repeats, cells and folds: {reason}")
     index = _Index.of(cells)
     a, b = recipe_metrics(cells, base, index=index), recipe_metrics(cells, challenger, index=index)
     diffs: dict[str, list[float]] = {m: [] for m in METRICS}

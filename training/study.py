@@ -5,7 +5,8 @@
 
 ``base.json``/``challenger.json`` hold a ``TrainConfig`` (the ``config`` of a run's
 config.json, or a bare dict). Each recipe's out-of-fold scores are kept in
-``<out>/runs/<config digest>.npz`` with its costs, so a recipe already run with the same
+``<out>/runs/<config digest>.npz`` with its thresholds, folds, cells (subjects and labels),
+costs and config (``save_run``), so a recipe already run with the same
 folds, seeds and data is not trained again when it meets another challenger. The report is
 ``<out>/report.md`` plus ``<out>/comparison.json``.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,23 +128,72 @@ def run_or_reuse(
     digest = config_digest(config, int(folds.max()) + 1, len(folds), seed, images.manifest_sha256)
     cached = runs_dir / f"{digest}.npz"
     if cached.is_file():
-        saved = np.load(cached, allow_pickle=False)
         print(f"[protocol] {name}: reusing {cached}", flush=True)
-        return RecipeRun(name, saved["scores"], saved["thresholds"], json.loads(str(saved["cost"])))
+        return read_cached_run(cached, name).run
     cost: dict[str, float] = {}
     fit_score = fit_score_for(config, images, cost, runs_dir / digest, pretrain_data)
     run = run_recipe(name, fit_score, cells, folds, seed)
     cost["seconds_per_epoch"] = cost.pop("seconds_per_epoch_sum") / cost["fits"]
     run.cost = cost
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_run(cached, run, config, cells)
+    return run
+
+
+def save_run(path: Path, run: RecipeRun, config: TrainConfig, cells: Cells) -> None:
+    """A recipe's out-of-fold result with everything needed to analyse it again: its folds
+    and cells (so the analysis needs no data set), its cost and its config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
-        cached,
+        path,
         scores=run.scores,
         thresholds=run.thresholds,
-        cost=json.dumps(cost),
+        folds=run.fold_index(),
+        subjects=cells.subjects,
+        labels=cells.labels,
+        cost=json.dumps(run.cost),
         config=json.dumps(config.to_dict(), default=str),
     )
-    return run
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    """A recipe's cached out-of-fold result. ``cells`` is ``None`` for runs cached before
+    their subjects and labels were saved with them (see ``cells_of``)."""
+
+    run: RecipeRun
+    config: TrainConfig
+    cells: Cells | None
+
+
+def read_cached_run(path: Path, name: str | None = None) -> CachedRun:
+    with np.load(path, allow_pickle=False) as saved:
+        run = RecipeRun(
+            name or path.stem,
+            saved["scores"],
+            saved["thresholds"],
+            json.loads(str(saved["cost"])),
+            folds=saved["folds"].astype(np.int64) if "folds" in saved else None,
+        )
+        config = TrainConfig.from_dict(json.loads(str(saved["config"])))
+        cells = (
+            Cells(saved["subjects"], saved["labels"].astype(np.int64))
+            if "subjects" in saved
+            else None
+        )
+    return CachedRun(run, config, cells)
+
+
+def cells_of(cached: CachedRun, data: Path, cache_dir: Path) -> Cells:
+    """The run's cells: saved with it, or (older runs) the data set's cells in the order
+    ``load_images`` gives them, which is the order the run was scored in."""
+    if cached.cells is not None:
+        return cached.cells
+    config = cached.config
+    images = load_images(data, config.input_size, config.crop_fraction, cache_dir, log=False)
+    cells = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
+    if len(cells.labels) != cached.run.scores.shape[1]:
+        raise ValueError(f"{cached.run.name}: {data} does not hold the cells this run scored")
+    return cells
 
 
 def read_config(path: Path) -> TrainConfig:
@@ -187,7 +237,20 @@ def compare_recipes(
             )
         )
     assert cells is not None
-    comparison = paired_comparison(cells, runs[0], runs[1], n_boot=n_boot, seed=seed)
+    return write_comparison(
+        out, cells, runs[0], runs[1], n_folds, repeats, seed, n_boot, serving_ms
+    )
+
+
+def write_comparison(
+    out: Path, cells: Cells, base: RecipeRun, challenger: RecipeRun, n_folds: int,
+    repeats: int, seed: int, n_boot: int, serving_ms: tuple[float, float] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The paired comparison of two (trained or cached) runs: ``report.md`` and
+    ``comparison.json`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [base, challenger]
+    comparison = paired_comparison(cells, base, challenger, n_boot=n_boot, seed=seed)
     # Without measured serving costs, "equal and cheaper" cannot apply: pass equal costs.
     base_ms, challenger_ms = serving_ms or (1.0, 1.0)
     verdict = decide(comparison, base_ms, challenger_ms)
@@ -209,4 +272,23 @@ def compare_recipes(
     }
     (out / "comparison.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report, flush=True)
+    return result
+
+
+def write_calibration(run_file: Path, out: Path, data: Path, cache_dir: Path) -> dict[str, Any]:
+    """Calibration of one cached run (``training/calibration.py``): ``calibration.json``
+    (out-of-fold ECE before/after, the maps to export) and ``reliability.png`` in ``out``."""
+    from training.calibration import calibration_study, reliability_diagram
+
+    cached = read_cached_run(run_file)
+    study = calibration_study(cells_of(cached, data, cache_dir), cached.run)
+    out.mkdir(parents=True, exist_ok=True)
+    reliability_diagram(
+        study["probabilities"],
+        study["labels"],
+        out / "reliability.png",
+        f"{run_file.stem}: out-of-fold, calibration cross-fitted over folds",
+    )
+    result = {k: study[k] for k in ("ece", "final", "platt_threshold")}
+    (out / "calibration.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

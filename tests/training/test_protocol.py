@@ -10,16 +10,21 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from training.protocol import (
+    METRICS,
     Cells,
     FloatArray,
+    RecipeRun,
+    centred_logits,
     comparison_report,
     decide,
     paired_comparison,
+    recipe_metrics,
     recipe_summary,
     repeated_subject_folds,
     run_recipe,
     weighted_auc,
     weighted_f1,
+    why_unpaired,
 )
 
 
@@ -112,7 +117,7 @@ def test_summary_intervals_bracket_the_estimate() -> None:
     cells = population()
     run = run_recipe("a", recipe(cells, 1.5, 0)[0], cells, repeated_subject_folds(cells, 5, 2))
     summary = recipe_summary(cells, run, n_boot=200)
-    for metric in ("roc_auc", "balanced_accuracy", "weighted_f1", "subject_auc"):
+    for metric in METRICS:
         low, high = summary[metric]["ci95"]
         assert low <= summary[metric]["value"] <= high
         assert 0.0 <= low <= high <= 1.0
@@ -144,6 +149,12 @@ def test_compare_recipes_on_real_training_writes_a_report_and_reuses_runs(
     assert set(result["comparison"]["roc_auc"]) >= {"base", "wider", "difference", "ci95"}
     assert result["costs"]["base"]["fits"] == 2 and result["costs"]["wider"]["fits"] == 2
     assert "| roc_auc |" in (out / "report.md").read_text()
+    from training.study import read_cached_run
+
+    for run_file in (out / "runs").glob("*.npz"):  # analysable again without the data set
+        cached = read_cached_run(run_file)
+        assert cached.cells is not None and cached.run.folds is not None
+        assert cached.run.folds.shape == cached.run.scores.shape == (1, len(cached.cells.labels))
 
     def no_training(*_: object) -> None:
         raise AssertionError("a cached recipe was trained again")
@@ -151,3 +162,58 @@ def test_compare_recipes_on_real_training_writes_a_report_and_reuses_runs(
     monkeypatch.setattr(pipeline, "run_split", no_training)
     again = compare_recipes(cnmc_tiny, tmp_path / "cache", base, challenger, out, **kwargs)
     assert again["comparison"] == result["comparison"]
+
+
+def shifted_folds_run(cells: Cells, folds: np.ndarray, signal: float = 1.5) -> tuple[
+    RecipeRun, FloatArray
+]:  # fmt: skip
+    """One repeat whose fold models rank cells identically (latent ``signal x label +
+    noise``) but each put their scores and threshold at a different place on the logit
+    scale, as fold models trained on different subjects do."""
+    rng = np.random.default_rng(5)
+    latent = signal * cells.labels + rng.normal(0, 1.0, len(cells.labels))
+    offsets = np.array([-3.0, 2.5, -1.0, 3.0, 0.0])[folds[0]]
+    scores = 1 / (1 + np.exp(-(latent + offsets)))
+    thresholds = 1 / (1 + np.exp(-offsets))
+    return RecipeRun("shifted", scores[None], thresholds[None], folds=folds[:1]), latent
+
+
+def test_centred_auc_removes_fold_scale_differences_that_pooling_suffers() -> None:
+    cells = population()
+    folds = repeated_subject_folds(cells, 5, 1)
+    run, latent = shifted_folds_run(cells, folds)
+    metrics = recipe_metrics(cells, run)
+    ones = np.ones(len(latent))
+    assert metrics["roc_auc"] == pytest.approx(weighted_auc(cells.labels, latent, ones))
+    assert metrics["roc_auc_pooled_raw"] < metrics["roc_auc"] - 0.05
+    per_fold = [
+        roc_auc_score(cells.labels[folds[0] == k], run.scores[0, folds[0] == k]) for k in range(5)
+    ]
+    assert metrics["roc_auc_fold_mean"] == pytest.approx(np.mean(per_fold))
+    # z >= 0 is the fold's own decision.
+    z = centred_logits(run.scores, run.thresholds)
+    assert np.array_equal(z >= 0, run.scores >= run.thresholds)
+
+
+def test_folds_recovered_from_thresholds_and_unpaired_runs_refused() -> None:
+    cells = population()
+    folds = repeated_subject_folds(cells, 5, 1)
+    run, _ = shifted_folds_run(cells, folds)
+    legacy = dataclasses.replace(run, folds=None)  # cached before folds were saved
+    recovered = legacy.fold_index()[0]
+    for k in range(5):  # the same partition, under other fold numbers
+        assert len(np.unique(recovered[folds[0] == k])) == 1
+    assert len(np.unique(recovered)) == 5 and why_unpaired(run, legacy) is None
+    assert recipe_metrics(cells, legacy) == recipe_metrics(cells, run)
+    relabelled = dataclasses.replace(run, folds=(folds[:1] + 2) % 5)
+    assert why_unpaired(run, relabelled) is None
+
+    other_folds = repeated_subject_folds(cells, 5, 1, seed=7)
+    reshuffled, _ = shifted_folds_run(cells, other_folds)
+    assert why_unpaired(run, reshuffled) == "different fold assignment in repeat 0"
+    with pytest.raises(ValueError, match="fold assignment"):
+        paired_comparison(cells, run, reshuffled, n_boot=10)
+    two_repeats = run_recipe(
+        "a", recipe(cells, 1.0, 0)[0], cells, repeated_subject_folds(cells, 5, 2)
+    )
+    assert "repeats" in str(why_unpaired(run, two_repeats))
