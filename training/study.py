@@ -155,13 +155,22 @@ def save_run(path: Path, run: RecipeRun, config: TrainConfig, cells: Cells) -> N
     )
 
 
+def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as one flat, JSON-normalised dict: the improved model's options beside
+    the others (the committed cards' layout), lists for tuples. A plain dict rather than a
+    ``TrainConfig``, so runs cached by code with options this code does not know still read."""
+    normal: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    return {**{k: v for k, v in normal.items() if k != "improved"}, **normal.get("improved", {})}
+
+
 @dataclass(frozen=True)
 class CachedRun:
-    """A recipe's cached out-of-fold result. ``cells`` is ``None`` for runs cached before
-    their subjects and labels were saved with them (see ``cells_of``)."""
+    """A recipe's cached out-of-fold result and its config (``flat_config``). ``cells`` is
+    ``None`` for runs cached before their subjects and labels were saved with them (see
+    ``cells_of``)."""
 
     run: RecipeRun
-    config: TrainConfig
+    config: dict[str, Any]
     cells: Cells | None
 
 
@@ -174,7 +183,7 @@ def read_cached_run(path: Path, name: str | None = None) -> CachedRun:
             json.loads(str(saved["cost"])),
             folds=saved["folds"].astype(np.int64) if "folds" in saved else None,
         )
-        config = TrainConfig.from_dict(json.loads(str(saved["config"])))
+        config = flat_config(json.loads(str(saved["config"])))
         cells = (
             Cells(saved["subjects"], saved["labels"].astype(np.int64))
             if "subjects" in saved
@@ -188,8 +197,8 @@ def cells_of(cached: CachedRun, data: Path, cache_dir: Path) -> Cells:
     ``load_images`` gives them, which is the order the run was scored in."""
     if cached.cells is not None:
         return cached.cells
-    config = cached.config
-    images = load_images(data, config.input_size, config.crop_fraction, cache_dir, log=False)
+    size, crop = int(cached.config["input_size"]), float(cached.config["crop_fraction"])
+    images = load_images(data, size, crop, cache_dir, log=False)
     cells = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
     if len(cells.labels) != cached.run.scores.shape[1]:
         raise ValueError(f"{cached.run.name}: {data} does not hold the cells this run scored")

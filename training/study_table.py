@@ -29,8 +29,7 @@ from training.protocol import (
     recipe_summary,
     why_unpaired,
 )
-from training.study import CachedRun, cells_of, read_cached_run, read_config
-from training.train import TrainConfig
+from training.study import CachedRun, cells_of, flat_config, read_cached_run
 
 HEADERS = {
     "roc_auc": "ROC AUC (centred)",
@@ -42,21 +41,14 @@ HEADERS = {
 }
 
 
-def flat_config(config: TrainConfig) -> dict[str, Any]:
-    """The config as one flat JSON-normalised dict (the improved model's options beside the
-    others, as ``TrainConfig.from_dict`` reads them; lists and tuples alike)."""
-    raw = json.loads(json.dumps(config.to_dict(), default=str))
-    return {**{k: v for k, v in raw.items() if k != "improved"}, **raw["improved"]}
-
-
 def _show(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
-def short_name(config: TrainConfig, base: TrainConfig) -> str:
-    """``key=value`` for every setting that differs from the base (``base`` if none)."""
-    mine, theirs = flat_config(config), flat_config(base)
-    changed = [f"{k}={_show(v)}" for k, v in sorted(mine.items()) if theirs.get(k) != v]
+def short_name(config: dict[str, Any], base: dict[str, Any]) -> str:
+    """``key=value`` for every setting of a flat config that differs from the base's
+    (``base`` if none)."""
+    changed = [f"{k}={_show(v)}" for k, v in sorted(config.items()) if base.get(k) != v]
     return ", ".join(changed) or "base"
 
 
@@ -68,8 +60,9 @@ def find_base(runs: dict[str, CachedRun], base: str) -> str:
     path = Path(base)
     if not path.is_file():
         raise ValueError(f"--base {base}: neither a run in the runs dir nor a config file")
-    wanted = flat_config(read_config(path))
-    matches = [d for d, cached in runs.items() if flat_config(cached.config) == wanted]
+    raw = json.loads(path.read_text())
+    wanted = flat_config(raw.get("config", raw))
+    matches = [d for d, cached in runs.items() if cached.config == wanted]
     if len(matches) != 1:
         raise ValueError(
             f"--base {base} matches {len(matches)} cached runs ({', '.join(matches) or 'none'}); "
