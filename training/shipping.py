@@ -181,35 +181,6 @@ def load_members(models_dir: Path) -> tuple[list[keras.Model], list[dict[str, An
     return models, metas
 
 
-def platt(z: FloatArray, y: NDArray[np.int64]) -> tuple[float, float]:
-    """``a, b`` of ``P = sigmoid(a * z + b)`` by maximum likelihood (unpenalised)."""
-    from sklearn.linear_model import LogisticRegression
-
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(z[:, None], y)
-    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
-
-
-def expected_calibration_error(p: FloatArray, y: NDArray[np.int64], bins: int = 15) -> float:
-    """Cell-weighted gap between mean confidence and frequency over equal-width bins."""
-    edges = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        here = edges == b
-        if here.any():
-            total += here.sum() * abs(float(p[here].mean()) - float(y[here].mean()))
-    return total / len(p)
-
-
-def cross_fitted_platt(oof: OutOfFold, y: NDArray[np.int64]) -> FloatArray:
-    """Each fold's calibrated P from a Platt fit on the *other* folds' cells."""
-    out = np.empty(len(y))
-    for k in np.unique(oof.fold):
-        here = oof.fold == k
-        a, b = platt(oof.z[~here], y[~here])
-        out[here] = 1.0 / (1.0 + np.exp(-(a * oof.z[here] + b)))
-    return out
-
-
 @dataclass
 class RunAnalysis:
     """What the card says about calibration and the OOD check, all measured out of fold."""
@@ -230,14 +201,16 @@ def analyse(
     extra_classes: dict[str, list[str]],
     ood_target: float,
 ) -> RunAnalysis:
+    from training.calibration import cross_fitted, expected_calibration_error, fit_calibration
     from training.ood import cross_fitted_flag_rate
 
     oof = out_of_fold(members, len(labels))
     p_raw = np.empty(len(labels))
     for m in members:
         p_raw[m.test_index] = m.test_p
-    a, b = platt(oof.z, labels)
-    after = cross_fitted_platt(oof, labels)
+    platt = fit_calibration("platt", oof.z, labels)
+    a, b = platt["a"], platt["b"]
+    after = cross_fitted("platt", oof.z, labels, oof.fold)
     rate, _ = cross_fitted_flag_rate(oof.ood, oof.fold, ood_target)
     threshold = float(np.quantile(oof.ood, 1.0 - ood_target))
     extra: dict[str, dict[str, dict[str, float]]] = {}
