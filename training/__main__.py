@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ship.add_argument("--bootstrap", type=int, default=1000)
     ship.add_argument(
+        "--pbc", action="store_true",
+        help="also measure the OOD flag rates on the PBC cells segmented like C-NMC cells",
+    )  # fmt: skip
+    add_pretrain_flags(ship)
+    ship.add_argument(
         "--views", type=int, choices=(1, 4, 8), default=None,
         help="test-time views per member in the export (default: the recipe's)",
     )  # fmt: skip
@@ -283,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_boot=args.bootstrap,
                 command=" ".join(["python -m training", *sys.argv[1:]]),
                 views=args.views,
+                pbc=(args.pbc_data, args.ood_data) if args.pbc else None,
             )
         )
         return 0

@@ -260,6 +260,7 @@ def ship(
     n_boot: int = 1000,
     command: str = "see training/README.md",
     views: int | None = None,
+    pbc: tuple[Path, Path] | None = None,
 ) -> Path:
     """Export a protocol run's fold models (``<runs>/<digest>/``, scores in ``<digest>.npz``)
     as the next version of ``name``: calibrated ensemble + OOD score, card with the
@@ -282,6 +283,12 @@ def ship(
         extra_pixels[key], extra_classes[key] = load_image_folder(
             folder, config.input_size, config.crop_fraction
         )
+    if pbc is not None:  # the PBC cells segmented like C-NMC cells (training/pbc.py)
+        from training.pbc import PBC_CLASSES, load_pbc
+
+        cells_pbc = load_pbc(pbc[0], pbc[1], config.input_size, config.crop_fraction, cache_dir)
+        extra_pixels["pbc_segmented"] = cells_pbc.pixels
+        extra_classes["pbc_segmented"] = [PBC_CLASSES[i] for i in cells_pbc.labels]
     members = score_fold_models(
         models_dir, images.pixels, images.labels, images.subjects, extra_pixels, views
     )
