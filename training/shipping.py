@@ -300,11 +300,23 @@ def ship(
         np.full((1, len(cells.labels)), np.nan),
         np.full((1, len(cells.labels)), np.nan),
     )
-    for m in members:
+    folds = np.full((1, len(cells.labels)), -1, dtype=np.int64)
+    for k, m in enumerate(members):
         scores[0, m.test_index], thresholds[0, m.test_index] = m.test_p, m.threshold
+        folds[0, m.test_index] = k
     if views == trained_views and not np.allclose(scores, saved["scores"], atol=1e-4):
         raise ValueError("the fold models do not reproduce the protocol's out-of-fold scores")
-    run = RecipeRun(models_dir.name, scores, thresholds, cost)
+    run = RecipeRun(models_dir.name, scores, thresholds, cost, folds)
+    if views != trained_views:
+        # The same fold models with other test-time views: a recipe of its own for the study
+        # table (training/study_table.py), paired with the others on the same folds.
+        from dataclasses import replace
+
+        from training.study import config_digest, save_run
+
+        as_served = replace(config, test_time_dihedral=views > 1, tta_views=max(views, 1))
+        digest = config_digest(as_served, len(members), 1, 0, images.manifest_sha256)
+        save_run(models_dir.parent / f"{digest}.npz", run, as_served, cells)
     summary = recipe_summary(cells, run, n_boot=n_boot)
     models, metas = load_members(models_dir)
     ensemble = CalibratedEnsemble(
