@@ -19,6 +19,7 @@ from tests.app.conftest import (
     CNMC_BMP,
     CNMC_PNGS,
     COMMITTED_STORE,
+    DATA,
     OOD_JPEGS,
     serve,
 )
@@ -140,3 +141,59 @@ async def test_real_model_flags_ood(real_client: httpx.AsyncClient) -> None:
     assert all(r["out_of_distribution"] for r in body["results"])
     assert body["summary"]["n_out_of_distribution"] == len(OOD_JPEGS)
     assert body["summary"]["blast_fraction_in_distribution"] is None
+
+
+SEGMENTED_OTHER_CELLS = sorted((DATA / "ood" / "segmented-other-cells").glob("*.png"))
+
+
+def test_default_card_is_consistent() -> None:
+    """The default version's card against its own graph: the label threshold is the Platt
+    map's value at the members' operating point, one threshold per member network, the OOD
+    output and explain signature exist. Quality numbers are measured (the card's
+    ``metrics``), never asserted here."""
+    import json
+    import math
+
+    import tensorflow as tf
+
+    from contract.card import ModelCard
+    from training.explain import network_prefixes
+
+    version_dir = _default_version_dir()
+    card = ModelCard.model_validate_json((version_dir / "model_card.json").read_text())
+    assert card.ood_check is not None and card.calibration is not None and card.explain
+    q = card.calibration.parameters
+    assert card.threshold == pytest.approx(1 / (1 + math.exp(-q["b"])), abs=1e-12)
+    members = network_prefixes(version_dir / "variables" / "variables")
+    assert [f"member_threshold_{i}" for i in range(len(members))] == sorted(
+        k for k in q if k.startswith("member_threshold_")
+    )
+    measured = card.ood_check.measured
+    assert 0 <= measured["cnmc_out_of_fold_flag_rate_cross_fitted"] <= 1
+    for name in ("roc_auc", "balanced_accuracy", "weighted_f1", "subject_auc"):
+        low, high = card.metrics.validation[name]["ci95"]
+        assert low <= card.metrics.validation[name]["value"] <= high, name
+    loaded = tf.saved_model.load(str(version_dir))
+    for signature in ("serving_default", "explain"):
+        outputs = loaded.signatures[signature].structured_outputs
+        assert card.ood_check.output_name in outputs, signature
+    assert json.loads((version_dir / "model_card.json").read_text())["files"] == card.files
+
+
+async def test_real_model_flags_segmented_cells_of_other_types(
+    real_client: httpx.AsyncClient,
+) -> None:
+    """Cells that pass the background check (segmented onto black) but are not B-lymphoid:
+    the default model's learned check flags them (its card measured all 80 of the shared
+    development set flagged; these 8 are from that set)."""
+    assert len(SEGMENTED_OTHER_CELLS) == 8
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in SEGMENTED_OTHER_CELLS]
+    body = (await real_client.post("/v1/classify", files=files)).json()
+    for path, result in zip(SEGMENTED_OTHER_CELLS, body["results"], strict=True):
+        assert result["input_check"]["reasons"] == ["unfamiliar_cell"], path.name
+        assert result["out_of_distribution"] is True
+    assert body["summary"]["n_out_of_distribution"] == 8
+    # and the genuine C-NMC cells are not flagged by it
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in CNMC_PNGS]
+    body = (await real_client.post("/v1/classify", files=files)).json()
+    assert not any(r["out_of_distribution"] for r in body["results"])
