@@ -210,7 +210,7 @@ function cellItem(cell) {
   if (r.out_of_distribution) {
     const reason = document.createElement("div");
     reason.className = "reason";
-    reason.textContent = "Why: " + r.input_check.reasons.join("; ");
+    reason.textContent = "Why: " + r.input_check.reasons.map(explainReason).join("; ");
     li.append(reason);
   }
   return li;
@@ -276,7 +276,8 @@ function openViewer(cell) {
   const lines = [
     `${r.label_description}`,
     `P(blast) ${pct(r.blast_probability)} (threshold ${pct(r.threshold)})`,
-    r.out_of_distribution ? "Out of distribution: " + r.input_check.reasons.join("; ") : "",
+    r.out_of_distribution
+      ? "Out of distribution: " + r.input_check.reasons.map(explainReason).join("; ") : "",
     ...r.warnings.filter((w) => !w.startsWith("out_of_distribution")),
   ].filter(Boolean);
   $("viewer-info").replaceChildren(...lines.map((t) => Object.assign(document.createElement("p"), { textContent: t })));
@@ -303,6 +304,22 @@ async function toggleViewerHeat() {
   }
 }
 
+// The API's reason codes in words; the code stays in brackets (it is what the CSV and the
+// API carry). Unknown codes are shown as they are.
+const REASONS = {
+  no_black_background: "no black background: not a segmented single cell",
+  no_cell_visible: "no cell visible",
+  foreground_too_large: "the cell fills too much of the frame",
+  too_small: "smaller than the 450x450 images the model was trained on",
+  unexpected_size: "not the 450x450 size the model was trained on",
+  unfamiliar_cell: "does not look like the B-lymphoid cells the model learned " +
+    "(another cell type, or another laboratory's staining)",
+};
+
+function explainReason(code) {
+  return REASONS[code] ? `${REASONS[code]} (${code})` : code;
+}
+
 function download(name, type, text) {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([text], { type }));
@@ -322,10 +339,10 @@ function csvField(value) {
 
 function resultsCsv() {
   const header = ["file", "label", "blast_probability", "threshold", "out_of_distribution",
-    "ood_reasons", "model", "version", "digest"];
+    "ood_reasons", "ood_score", "model", "version", "digest"];
   const rows = state.cells.map((c) => [c.file.name, c.result.label, c.result.blast_probability,
     c.result.threshold, c.result.out_of_distribution, c.result.input_check.reasons.join("; "),
-    state.model, state.version, state.digest]);
+    c.result.ood_score, state.model, state.version, state.digest]);
   return [header, ...rows].map((row) => row.map(csvField).join(",")).join("\n") + "\n";
 }
 

@@ -132,6 +132,11 @@ def test_review_page_classifies_a_sample_and_explains_a_cell(
     ood_cells = browser.find_elements(By.CSS_SELECTOR, "#ood > li")
     assert len(ood_cells) == len(ood)
     assert all("Why:" in c.text for c in ood_cells)
+    # the reason in words, with the API's code beside it
+    assert all(
+        "no black background: not a segmented single cell (no_black_background)" in c.text
+        for c in ood_cells
+    )
 
     blasts = sum(r["label"] == "all" for r in in_dist)
     assert browser.find_element(By.ID, "s-all").text == str(blasts)
