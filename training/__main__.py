@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.crop_fraction, args.sheet,
             )
         )  # fmt: skip
+        return 0
     if args.command == "calibration":
         from training.study import write_calibration
 
