@@ -227,6 +227,7 @@ def analyse(
                 "called_all": round(float(np.mean(z[here] > 0)), 4),
                 "called_all_not_flagged": int(np.sum((z[here] > 0) & ~flagged[here])),
                 "median_score": round(float(np.median(score[here])), 2),
+                "min_score": round(float(np.min(score[here])), 2),
             }
     return RunAnalysis(
         a, b,
