@@ -146,7 +146,8 @@ def test_review_page_classifies_a_sample_and_explains_a_cell(
     assert f"{100 * blasts / len(in_dist):.1f}%" in fraction
     assert f"{100 * low:.1f}% to {100 * high:.1f}%" in fraction
     model_text = browser.find_element(By.ID, "s-model").text
-    assert "cnmc-improved-cnn version 3" in model_text and "digest sha256:" in model_text
+    served = f"{expected[0]['model']} version {expected[0]['version']}"
+    assert served in model_text and "digest sha256:" in model_text
 
     # The heatmap of the top cell: the image turns into the API's PNG overlay.
     top = cells[0]
