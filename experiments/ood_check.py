@@ -22,7 +22,7 @@ from pathlib import Path
 from experiments.common import add_data_flags
 from training.data import load_images
 from training.ood import load_image_folder, score_fold_models
-from training.shipping import analyse
+from training.shipping import analyse, out_of_fold
 from training.train import TrainConfig
 
 
@@ -49,7 +49,9 @@ def main() -> None:
         args.models, images.pixels, images.labels, images.subjects, extra, args.views
     )
     result = {
-        str(target): dataclasses.asdict(analyse(members, images.labels, extra_classes, target))
+        str(target): dataclasses.asdict(
+            analyse(out_of_fold(members, len(images.labels)), images.labels, extra_classes, target)
+        )
         for target in args.target
     }
     args.out.mkdir(parents=True, exist_ok=True)

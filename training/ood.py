@@ -138,6 +138,8 @@ class MemberScores:
     name: str
     threshold: float
     fit: GaussianFit
+    model: keras.Model  # the fold model itself, so shipping does not load it again
+    meta: dict[str, Any]  # its fold-seed<k>.json: subjects, saved threshold, selected epoch
     test_index: NDArray[np.int64]
     test_p: FloatArray
     test_score: FloatArray
@@ -180,6 +182,8 @@ def score_fold_models(
                 meta_path.stem,
                 threshold,
                 fit,
+                model,
+                meta,
                 np.flatnonzero(test),
                 p[test],
                 fit.distances(features[test]),

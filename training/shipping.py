@@ -115,6 +115,8 @@ class CalibratedEnsemble(keras.Model):  # type: ignore[misc]
 
 # --- building the shipped version from a protocol run ---------------------------------------
 def logit(p: NDArray[np.floating]) -> FloatArray:
+    """The graph's ``CalibratedEnsemble._logit`` in numpy (same clipping, 1e-6), so the Platt
+    map fitted here is fitted on the very ``z`` the exported graph computes."""
     q = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
     return np.asarray(np.log(q) - np.log1p(-q), np.float64)
 
@@ -123,21 +125,24 @@ def logit(p: NDArray[np.floating]) -> FloatArray:
 class OutOfFold:
     """Every C-NMC cell scored by the member that never saw its subject."""
 
-    z: FloatArray  # logit(p) - logit(member threshold)
+    p: FloatArray  # that member's P(all)
+    threshold: FloatArray  # that member's threshold
+    z: FloatArray  # logit(p) - logit(threshold)
     ood: FloatArray  # scaled Mahalanobis distance (training/ood.py)
     fold: NDArray[np.int64]
     members: list[MemberScores]
 
 
 def out_of_fold(members: list[MemberScores], n_cells: int) -> OutOfFold:
-    z, ood = np.full(n_cells, np.nan), np.full(n_cells, np.nan)
+    p, threshold = np.full(n_cells, np.nan), np.full(n_cells, np.nan)
+    ood = np.full(n_cells, np.nan)
     fold = np.full(n_cells, -1, dtype=np.int64)
     for k, m in enumerate(members):
-        z[m.test_index] = logit(m.test_p) - logit(np.array(m.threshold))
+        p[m.test_index], threshold[m.test_index] = m.test_p, m.threshold
         ood[m.test_index], fold[m.test_index] = m.test_score, k
-    if np.isnan(z).any():
+    if np.isnan(p).any():
         raise ValueError("the fold models do not score every cell out of fold")
-    return OutOfFold(z, ood, fold, members)
+    return OutOfFold(p, threshold, logit(p) - logit(threshold), ood, fold, members)
 
 
 class ShippedClassifier(ExplainableCellClassifier):
@@ -172,15 +177,6 @@ class ShippedClassifier(ExplainableCellClassifier):
         }
 
 
-def load_members(models_dir: Path) -> tuple[list[keras.Model], list[dict[str, Any]]]:
-    metas = [json.loads(p.read_text()) for p in sorted(models_dir.glob("fold-seed*.json"))]
-    models = [
-        keras.models.load_model(p.with_suffix(".keras"), compile=False)
-        for p in sorted(models_dir.glob("fold-seed*.json"))
-    ]
-    return models, metas
-
-
 @dataclass
 class RunAnalysis:
     """What the card says about calibration and the OOD check, all measured out of fold."""
@@ -196,7 +192,7 @@ class RunAnalysis:
 
 
 def analyse(
-    members: list[MemberScores],
+    oof: OutOfFold,
     labels: NDArray[np.int64],
     extra_classes: dict[str, list[str]],
     ood_target: float,
@@ -204,10 +200,7 @@ def analyse(
     from training.calibration import cross_fitted, expected_calibration_error, fit_calibration
     from training.ood import cross_fitted_flag_rate
 
-    oof = out_of_fold(members, len(labels))
-    p_raw = np.empty(len(labels))
-    for m in members:
-        p_raw[m.test_index] = m.test_p
+    members = oof.members
     platt = fit_calibration("platt", oof.z, labels)
     a, b = platt["a"], platt["b"]
     after = cross_fitted("platt", oof.z, labels, oof.fold)
@@ -231,7 +224,7 @@ def analyse(
             }
     return RunAnalysis(
         a, b,
-        expected_calibration_error(p_raw, labels),
+        expected_calibration_error(oof.p, labels),
         expected_calibration_error(after, labels),
         threshold, rate,
         {n: float(np.mean(oof.ood[labels == c] > threshold)) for c, n in ((0, "hem"), (1, "all"))},
@@ -293,21 +286,14 @@ def ship(
     members = score_fold_models(
         models_dir, images.pixels, images.labels, images.subjects, extra_pixels, views
     )
-    result = analyse(members, images.labels, extra_classes, ood_target)
+    oof = out_of_fold(members, len(images.labels))
+    result = analyse(oof, images.labels, extra_classes, ood_target)
     cells = Cells(np.asarray(images.subjects), np.asarray(images.labels, dtype=np.int64))
     # The card's numbers are those of the members as shipped (with ``views``), each member's
     # threshold chosen on its validation subjects with those views.
-    scores, thresholds = (
-        np.full((1, len(cells.labels)), np.nan),
-        np.full((1, len(cells.labels)), np.nan),
-    )
-    folds = np.full((1, len(cells.labels)), -1, dtype=np.int64)
-    for k, m in enumerate(members):
-        scores[0, m.test_index], thresholds[0, m.test_index] = m.test_p, m.threshold
-        folds[0, m.test_index] = k
-    if views == trained_views and not np.allclose(scores, saved["scores"], atol=1e-4):
+    if views == trained_views and not np.allclose(oof.p, saved["scores"][0], atol=1e-4):
         raise ValueError("the fold models do not reproduce the protocol's out-of-fold scores")
-    run = RecipeRun(models_dir.name, scores, thresholds, cost, folds)
+    run = RecipeRun(models_dir.name, oof.p[None], oof.threshold[None], cost, oof.fold[None])
     if views != trained_views:
         # The same fold models with other test-time views: a recipe of its own for the study
         # table (training/study_table.py), paired with the others on the same folds.
@@ -319,11 +305,15 @@ def ship(
         digest = config_digest(as_served, len(members), 1, 0, images.manifest_sha256)
         save_run(models_dir.parent / f"{digest}.npz", run, as_served, cells)
     summary = recipe_summary(cells, run, n_boot=n_boot)
-    models, metas = load_members(models_dir)
+    metas = [m.meta for m in members]
     ensemble = CalibratedEnsemble(
-        models, [m.threshold for m in members], result.a, result.b, [m.fit for m in members],
+        [m.model for m in members],
+        [m.threshold for m in members],
+        result.a,
+        result.b,
+        [m.fit for m in members],
         views,
-    )  # fmt: skip
+    )
     threshold = float(1.0 / (1.0 + np.exp(-result.b)))
     oof_what = (
         "out of fold: every C-NMC cell scored by the member that never saw its subject "
